@@ -1,0 +1,146 @@
+// Dequantization of one 32-element chunk of a weight row, shared by every kernel that reads
+// quantized weights. The including kernel declares `W: array<u32>` (blocks in the GPU layout of
+// src/quant.rs: f16 scale word(s) first) and sets WTYPE to the ggml type id. WTYPE is an override
+// constant, so the pipeline compiler folds the switch away: one kernel per weight type.
+
+override WTYPE: u32;
+
+const T_F32: u32 = 0u;
+const T_F16: u32 = 1u;
+const T_Q4_0: u32 = 2u;
+const T_Q4_1: u32 = 3u;
+const T_Q5_0: u32 = 6u;
+const T_Q8_0: u32 = 8u;
+const T_Q4_K: u32 = 12u;
+const T_Q6_K: u32 = 14u;
+
+fn nibbles_lo(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) & vec4<u32>(0xFu));
+}
+
+fn nibbles_hi(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(w >> 4u, w >> 12u, w >> 20u, w >> 28u) & vec4<u32>(0xFu));
+}
+
+fn bytes_i8(w: u32) -> vec4<f32> {
+    let s = bitcast<vec4<i32>>(vec4<u32>(w << 24u, w << 16u, w << 8u, w)) >> vec4<u32>(24u);
+    return vec4<f32>(s);
+}
+
+fn byte_of(word: u32, i: u32) -> u32 {
+    return (word >> (8u * i)) & 0xFFu;
+}
+
+// Q4_K: 6-bit scale and min of sub-block j from the 12 scale bytes at W[b + 1 .. b + 4].
+fn k4_scale_min(b: u32, j: u32) -> vec2<f32> {
+    let s0 = W[b + 1u];
+    let s1 = W[b + 2u];
+    let s2 = W[b + 3u];
+    var sc: u32;
+    var mn: u32;
+    if (j < 4u) {
+        sc = byte_of(s0, j) & 63u;
+        mn = byte_of(s1, j) & 63u;
+    } else {
+        let q = byte_of(s2, j - 4u);
+        sc = (q & 0xFu) | ((byte_of(s0, j - 4u) >> 6u) << 4u);
+        mn = (q >> 4u) | ((byte_of(s1, j - 4u) >> 6u) << 4u);
+    }
+    return vec2<f32>(f32(sc), f32(mn));
+}
+
+// The 32 values of chunk `sub` of the block starting at word `b`, in element order.
+fn dequant32(b: u32, sub: u32) -> array<vec4<f32>, 8> {
+    var v: array<vec4<f32>, 8>;
+    switch WTYPE {
+        case 0u: { // F32: 32 words per "block"
+            for (var i = 0u; i < 8u; i++) {
+                let o = b + 4u * i;
+                v[i] = bitcast<vec4<f32>>(vec4<u32>(W[o], W[o + 1u], W[o + 2u], W[o + 3u]));
+            }
+        }
+        case 1u: { // F16: 16 words
+            for (var i = 0u; i < 8u; i++) {
+                v[i] = vec4<f32>(unpack2x16float(W[b + 2u * i]), unpack2x16float(W[b + 2u * i + 1u]));
+            }
+        }
+        case 2u: { // Q4_0: d | 4 words of nibbles (low = elements 0..15, high = 16..31)
+            let d = unpack2x16float(W[b]).x;
+            for (var i = 0u; i < 4u; i++) {
+                let w = W[b + 1u + i];
+                v[i] = (nibbles_lo(w) - 8.0) * d;
+                v[i + 4u] = (nibbles_hi(w) - 8.0) * d;
+            }
+        }
+        case 3u: { // Q4_1: d, m | nibbles
+            let dm = unpack2x16float(W[b]);
+            for (var i = 0u; i < 4u; i++) {
+                let w = W[b + 1u + i];
+                v[i] = nibbles_lo(w) * dm.x + dm.y;
+                v[i + 4u] = nibbles_hi(w) * dm.x + dm.y;
+            }
+        }
+        case 6u: { // Q5_0: d | qh (bit j = 5th bit of element j) | nibbles
+            let d = unpack2x16float(W[b]).x;
+            let qh = W[b + 1u];
+            for (var i = 0u; i < 4u; i++) {
+                let w = W[b + 2u + i];
+                let sh = vec4<u32>(0u, 1u, 2u, 3u) + 4u * i;
+                let h0 = vec4<f32>(((vec4<u32>(qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
+                let h1 = vec4<f32>(((vec4<u32>(qh) >> (sh + 16u)) & vec4<u32>(1u)) << vec4<u32>(4u));
+                v[i] = (nibbles_lo(w) + h0 - 16.0) * d;
+                v[i + 4u] = (nibbles_hi(w) + h1 - 16.0) * d;
+            }
+        }
+        case 8u: { // Q8_0: d | 8 words of int8
+            let d = unpack2x16float(W[b]).x;
+            for (var i = 0u; i < 8u; i++) {
+                v[i] = bytes_i8(W[b + 1u + i]) * d;
+            }
+        }
+        case 12u: { // Q4_K: d, dmin | 3 words of packed 6-bit scales | 32 words of nibbles
+            let dm = unpack2x16float(W[b]);
+            let sm = k4_scale_min(b, sub);
+            let scale = dm.x * sm.x;
+            let minv = dm.y * sm.y;
+            let q = b + 4u + 8u * (sub / 2u);
+            let hi = (sub & 1u) == 1u;
+            for (var i = 0u; i < 8u; i++) {
+                let w = W[q + i];
+                var n = nibbles_lo(w);
+                if (hi) {
+                    n = nibbles_hi(w);
+                }
+                v[i] = n * scale - minv;
+            }
+        }
+        case 14u: { // Q6_K: d | ql (32 words) | qh (16 words) | int8 scales (4 words)
+            let d = unpack2x16float(W[b]).x;
+            let h = sub / 4u;
+            let k = sub % 4u;
+            let ql = b + 1u + 16u * h + 8u * (k & 1u);
+            let qh = b + 33u + 8u * h;
+            let sw = W[b + 49u + 2u * h + (k / 2u)];
+            // Scales h*8 + 2k + (0 | 1): the two 16-element halves of this chunk.
+            let s_lo = f32((bitcast<i32>(sw << (24u - 16u * (k & 1u))) >> 24u));
+            let s_hi = f32((bitcast<i32>(sw << (16u - 16u * (k & 1u))) >> 24u));
+            for (var i = 0u; i < 8u; i++) {
+                let lw = W[ql + i];
+                var lo = nibbles_lo(lw);
+                if (k >= 2u) {
+                    lo = nibbles_hi(lw);
+                }
+                let hw = W[qh + i] >> (2u * k);
+                let hb = vec4<f32>(vec4<u32>(hw, hw >> 8u, hw >> 16u, hw >> 24u) & vec4<u32>(3u));
+                let q = lo + hb * 16.0 - 32.0;
+                var s = s_lo;
+                if (i >= 4u) {
+                    s = s_hi;
+                }
+                v[i] = q * (d * s);
+            }
+        }
+        default: {}
+    }
+    return v;
+}

@@ -1,0 +1,39 @@
+// Y[t] = row TOKENS[t] of a quantized embedding matrix, for the rows held by this piece
+// (a large matrix is split into pieces that each fit one storage binding).
+
+#include dequant
+
+override BLOCK_WORDS: u32;
+override SUBS: u32;
+
+struct Params {
+    d: u32,          // row length
+    t: u32,          // tokens
+    row0: u32,       // first matrix row in this piece
+    rows: u32,       // rows in this piece
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(2) var<storage, read> TOKENS: array<u32>;
+@group(0) @binding(3) var<storage, read_write> Y: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let chunks = p.d / 32u;
+    let c = gid.x % chunks;
+    let t = gid.x / chunks;
+    if (t >= p.t) {
+        return;
+    }
+    let tok = TOKENS[t];
+    if (tok < p.row0 || tok >= p.row0 + p.rows) {
+        return;
+    }
+    let row = (tok - p.row0) * (chunks / SUBS) * BLOCK_WORDS;
+    let v = dequant32(row + (c / SUBS) * BLOCK_WORDS, c % SUBS);
+    let o = t * (p.d / 4u) + c * 8u;
+    for (var i = 0u; i < 8u; i++) {
+        Y[o + i] = v[i];
+    }
+}

@@ -1,0 +1,489 @@
+//! The GPU context: adapter and feature choice, the pipeline cache, tracked buffers, readback,
+//! and the counters users see (dispatches, submits, bytes read back, peak buffer bytes).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::shaders;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no GPU adapter found (backends {0}); on Linux without a GPU install Mesa's lavapipe (mesa-vulkan-drivers)")]
+    NoAdapter(String),
+    #[error("cannot open device on '{adapter}': {detail}")]
+    Device { adapter: String, detail: String },
+    #[error("device '{adapter}' lacks {what}")]
+    MissingFeature { adapter: String, what: String },
+    #[error("shader '{kernel}' failed: {detail}")]
+    Shader { kernel: String, detail: String },
+    #[error("GPU out of memory allocating {bytes} bytes for {label}: {detail}")]
+    OutOfMemory {
+        label: String,
+        bytes: u64,
+        detail: String,
+    },
+    #[error("GPU operation failed: {0}")]
+    Operation(String),
+}
+
+/// Which optional device features the kernels may use. Tests turn them off to cover the
+/// fallback paths that adapters without them (many Android and desktop GPUs) take.
+#[derive(Debug, Clone, Copy)]
+pub struct GpuOptions {
+    pub allow_f16: bool,
+    pub allow_subgroups: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            allow_f16: std::env::var("LAMINA_NO_F16").is_err(),
+            allow_subgroups: std::env::var("LAMINA_NO_SUBGROUPS").is_err(),
+        }
+    }
+}
+
+/// Counters that do not depend on the device's speed.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub dispatches: AtomicU64,
+    pub submits: AtomicU64,
+    pub bytes_read_back: AtomicU64,
+    pub bytes_in_use: AtomicU64,
+    pub peak_bytes: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CounterSnapshot {
+    pub dispatches: u64,
+    pub submits: u64,
+    pub bytes_read_back: u64,
+    pub bytes_in_use: u64,
+    pub peak_bytes: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            dispatches: self.dispatches.load(Ordering::Relaxed),
+            submits: self.submits.load(Ordering::Relaxed),
+            bytes_read_back: self.bytes_read_back.load(Ordering::Relaxed),
+            bytes_in_use: self.bytes_in_use.load(Ordering::Relaxed),
+            peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
+        }
+    }
+    /// Restarts the peak at what is in use now (to measure one phase's peak).
+    pub fn reset_peak(&self) {
+        self.peak_bytes
+            .store(self.bytes_in_use.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+/// A buffer whose bytes count towards the context's memory figure while it lives.
+#[derive(Debug)]
+pub struct Buffer {
+    pub raw: wgpu::Buffer,
+    pub size: u64,
+    counters: Arc<Counters>,
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.raw
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        self.counters
+            .bytes_in_use
+            .fetch_sub(self.size, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    kernel: &'static str,
+    constants: Vec<(&'static str, u64)>,
+}
+
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    /// `shader-f16` is on and allowed.
+    pub f16: bool,
+    /// Subgroup operations are on and allowed.
+    pub subgroups: bool,
+    pub timestamps: bool,
+    pub counters: Arc<Counters>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    /// Bound where a kernel's optional input (e.g. a bias) is absent.
+    pub dummy: wgpu::Buffer,
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.describe())
+    }
+}
+
+impl Gpu {
+    pub fn new(opts: GpuOptions) -> Result<Arc<Gpu>, GpuError> {
+        pollster::block_on(Self::new_async(opts))
+    }
+
+    async fn new_async(opts: GpuOptions) -> Result<Arc<Gpu>, GpuError> {
+        // Vulkan, Metal or DX12: the GL backend lacks f16 and subgroups. WGPU_BACKEND overrides.
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12;
+        let desc = desc.with_env();
+        let backends = format!("{:?}", desc.backends);
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|_| GpuError::NoAdapter(backends))?;
+        let info = adapter.get_info();
+        let available = adapter.features();
+        let mut features = wgpu::Features::empty();
+        let f16 = opts.allow_f16 && available.contains(wgpu::Features::SHADER_F16);
+        let subgroups = opts.allow_subgroups && available.contains(wgpu::Features::SUBGROUP);
+        let timestamps = available.contains(wgpu::Features::TIMESTAMP_QUERY);
+        if f16 {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        if subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
+        if timestamps {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("lamina"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError::Device {
+                adapter: info.name.clone(),
+                detail: e.to_string(),
+            })?;
+        // The default handler panics; keep the first error for the next checked operation.
+        let uncaptured = Arc::new(Mutex::new(None::<String>));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap();
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 256,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
+            mapped_at_creation: false,
+        });
+        Ok(Arc::new(Gpu {
+            dummy,
+            device,
+            queue,
+            info,
+            limits,
+            f16,
+            subgroups,
+            timestamps,
+            counters: Arc::new(Counters::default()),
+            pipelines: Mutex::new(HashMap::new()),
+            uncaptured,
+        }))
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, driver {}), f16 {}, subgroups {} (size {}..{})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver_info,
+            if self.f16 { "on" } else { "off" },
+            if self.subgroups { "on" } else { "off" },
+            self.info.subgroup_min_size,
+            self.info.subgroup_max_size,
+        )
+    }
+
+    /// The smallest subgroup the device may run (kernels that give each subgroup a row size
+    /// their grid for it and skip rows past the end).
+    pub fn min_subgroup_size(&self) -> u32 {
+        self.info.subgroup_min_size.max(1)
+    }
+
+    /// Returns (and clears) an error the device reported outside any scope.
+    pub fn take_uncaptured_error(&self) -> Result<(), GpuError> {
+        match self.uncaptured.lock().unwrap().take() {
+            Some(e) => Err(GpuError::Operation(e)),
+            None => Ok(()),
+        }
+    }
+
+    pub fn buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<Buffer, GpuError> {
+        let size = size.max(16).div_ceil(16) * 16;
+        if size > self.limits.max_buffer_size {
+            return Err(GpuError::OutOfMemory {
+                label: label.into(),
+                bytes: size,
+                detail: format!(
+                    "larger than the device's max buffer size {}",
+                    self.limits.max_buffer_size
+                ),
+            });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let raw = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::OutOfMemory {
+                label: label.into(),
+                bytes: size,
+                detail: e.to_string(),
+            });
+        }
+        let now = self
+            .counters
+            .bytes_in_use
+            .fetch_add(size, Ordering::Relaxed)
+            + size;
+        self.counters.peak_bytes.fetch_max(now, Ordering::Relaxed);
+        Ok(Buffer {
+            raw,
+            size,
+            counters: self.counters.clone(),
+        })
+    }
+
+    /// A storage buffer (read/write by kernels, copy in and out).
+    pub fn storage(&self, label: &str, size: u64) -> Result<Buffer, GpuError> {
+        self.buffer(
+            label,
+            size,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+        )
+    }
+
+    pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<Buffer, GpuError> {
+        let b = self.storage(label, data.len() as u64)?;
+        self.queue.write_buffer(&b, 0, data);
+        Ok(b)
+    }
+
+    pub fn uniform_init(&self, label: &str, data: &[u8]) -> Result<Buffer, GpuError> {
+        let b = self.buffer(
+            label,
+            data.len() as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        )?;
+        self.queue.write_buffer(&b, 0, data);
+        Ok(b)
+    }
+
+    /// A compiled kernel, built once per set of override constants.
+    pub fn pipeline(
+        &self,
+        kernel: &'static str,
+        constants: &[(&'static str, u64)],
+    ) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
+        let key = PipelineKey {
+            kernel,
+            constants: constants.to_vec(),
+        };
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let source =
+            shaders::source(kernel, &self.shader_flags()).map_err(|detail| GpuError::Shader {
+                kernel: kernel.into(),
+                detail,
+            })?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let consts: Vec<(&str, f64)> = constants.iter().map(|&(k, v)| (k, v as f64)).collect();
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &consts,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Shader {
+                kernel: kernel.into(),
+                detail: e.to_string(),
+            });
+        }
+        let p = Arc::new(pipeline);
+        self.pipelines.lock().unwrap().insert(key, p.clone());
+        Ok(p)
+    }
+
+    pub fn shader_flags(&self) -> shaders::Flags {
+        shaders::Flags {
+            subgroups: self.subgroups,
+            f16: self.f16,
+        }
+    }
+
+    pub fn bind_group(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        })
+    }
+
+    pub fn submit(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
+        self.counters.submits.fetch_add(1, Ordering::Relaxed);
+        self.queue.submit([encoder.finish()])
+    }
+
+    pub fn wait(&self) -> Result<(), GpuError> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Operation(e.to_string()))?;
+        self.take_uncaptured_error()
+    }
+
+    /// Copies `size` bytes at `offset` of `src` back to the CPU (submits and waits).
+    pub fn read_back(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>, GpuError> {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        let staging = self.read_back_encode(&mut enc, src, offset, size)?;
+        self.submit(enc);
+        self.finish_read_back(&staging, size)
+    }
+
+    /// Records a copy into a fresh staging buffer; finish with [`Gpu::finish_read_back`].
+    pub fn read_back_encode(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Buffer, GpuError> {
+        let padded = size.div_ceil(4) * 4;
+        let staging = self.buffer(
+            "staging",
+            padded,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        enc.copy_buffer_to_buffer(src, offset, &staging, 0, padded);
+        Ok(staging)
+    }
+
+    pub fn finish_read_back(&self, staging: &Buffer, size: u64) -> Result<Vec<u8>, GpuError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|e| GpuError::Operation(e.to_string()))?
+            .map_err(|e| GpuError::Operation(e.to_string()))?;
+        let data = staging
+            .get_mapped_range(..)
+            .map_err(|e| GpuError::Operation(e.to_string()))?[..size as usize]
+            .to_vec();
+        staging.unmap();
+        self.counters
+            .bytes_read_back
+            .fetch_add(size, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    pub fn read_f32(
+        &self,
+        src: &wgpu::Buffer,
+        offset_elems: u64,
+        n: u64,
+    ) -> Result<Vec<f32>, GpuError> {
+        let bytes = self.read_back(src, offset_elems * 4, n * 4)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    /// Records one dispatch in `pass` and counts it.
+    pub fn dispatch(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        pipeline: &wgpu::ComputePipeline,
+        bind_group: &wgpu::BindGroup,
+        groups: [u32; 3],
+    ) {
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        self.counters.dispatches.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Splits a 1-D count of workgroups into a grid within the per-dimension limit (65535).
+pub fn grid(groups: u32) -> [u32; 3] {
+    if groups <= 65535 {
+        [groups.max(1), 1, 1]
+    } else {
+        let y = groups.div_ceil(65535);
+        [groups.div_ceil(y), y, 1]
+    }
+}

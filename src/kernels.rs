@@ -1,0 +1,629 @@
+//! Rust side of every kernel in `shaders/`: how it is bound and dispatched, and the plain CPU
+//! reference the tests check it against.
+//!
+//! A kernel call builds a [`Dispatch`] (pipeline, bind group, grid, its own small uniform
+//! buffer) once; a model keeps its dispatches and replays them every step, so decoding a
+//! token creates nothing on the GPU.
+
+use std::sync::Arc;
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid, Buffer, Gpu, GpuError};
+use crate::quant::{self, GgmlType};
+
+/// One recorded kernel launch.
+pub struct Dispatch {
+    pub pipeline: Arc<wgpu::ComputePipeline>,
+    pub bind_group: wgpu::BindGroup,
+    pub groups: [u32; 3],
+    _uniform: Buffer,
+}
+
+impl Dispatch {
+    pub fn encode(&self, gpu: &Gpu, pass: &mut wgpu::ComputePass<'_>) {
+        gpu.dispatch(pass, &self.pipeline, &self.bind_group, self.groups);
+    }
+}
+
+/// Encodes `dispatches` in one compute pass, submits, and waits.
+pub fn run(gpu: &Gpu, dispatches: &[Dispatch]) -> Result<(), GpuError> {
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for d in dispatches {
+            d.encode(gpu, &mut pass);
+        }
+    }
+    gpu.submit(enc);
+    gpu.wait()
+}
+
+fn dispatch<P: Pod>(
+    gpu: &Gpu,
+    kernel: &'static str,
+    constants: &[(&'static str, u64)],
+    params: &P,
+    buffers: &[&wgpu::Buffer],
+    groups: [u32; 3],
+) -> Result<Dispatch, GpuError> {
+    let pipeline = gpu.pipeline(kernel, constants)?;
+    let uniform = gpu.uniform_init(kernel, bytemuck::bytes_of(params))?;
+    let mut all: Vec<&wgpu::Buffer> = vec![&uniform.raw];
+    all.extend_from_slice(buffers);
+    let bind_group = gpu.bind_group(&pipeline, &all);
+    Ok(Dispatch {
+        pipeline,
+        bind_group,
+        groups,
+        _uniform: uniform,
+    })
+}
+
+/// A weight matrix `[rows, cols]` on the GPU, still quantized, split by rows into pieces that
+/// each fit one storage binding.
+pub struct QMatrix {
+    pub ty: GgmlType,
+    pub rows: u32,
+    pub cols: u32,
+    pub pieces: Vec<Piece>,
+}
+
+pub struct Piece {
+    pub row0: u32,
+    pub rows: u32,
+    pub buf: Buffer,
+}
+
+impl QMatrix {
+    /// Uploads `bytes` (whole rows in the file layout).
+    pub fn upload(
+        gpu: &Gpu,
+        label: &str,
+        ty: GgmlType,
+        rows: u32,
+        cols: u32,
+        bytes: &[u8],
+    ) -> Result<QMatrix, crate::Error> {
+        let err = |detail: String| crate::Error::Model(format!("{label}: {detail}"));
+        if !ty.supported() {
+            return Err(crate::Error::TensorType {
+                tensor: label.into(),
+                source: quant::UnsupportedType(ty),
+            });
+        }
+        if cols as usize % ty.gpu_block_elems() != 0 {
+            return Err(err(format!(
+                "row length {cols} is not a multiple of {}",
+                ty.gpu_block_elems()
+            )));
+        }
+        let row_bytes = cols as usize / ty.block_size() * ty.block_bytes();
+        if bytes.len() != row_bytes * rows as usize {
+            return Err(err(format!(
+                "{} bytes for {rows} rows of {cols} {ty:?}",
+                bytes.len()
+            )));
+        }
+        let row_words = cols as usize / ty.gpu_block_elems() * ty.gpu_block_words();
+        let max_rows =
+            (gpu.limits.max_storage_buffer_binding_size as usize / (row_words * 4)).max(1);
+        let mut pieces = Vec::new();
+        let mut row0 = 0usize;
+        while row0 < rows as usize {
+            let n = max_rows.min(rows as usize - row0);
+            let words = quant::to_gpu_layout(ty, &bytes[row0 * row_bytes..(row0 + n) * row_bytes])
+                .map_err(|e| crate::Error::TensorType {
+                    tensor: label.into(),
+                    source: e,
+                })?;
+            let buf = gpu.storage_init(label, bytemuck::cast_slice(&words))?;
+            pieces.push(Piece {
+                row0: row0 as u32,
+                rows: n as u32,
+                buf,
+            });
+            row0 += n;
+        }
+        Ok(QMatrix {
+            ty,
+            rows,
+            cols,
+            pieces,
+        })
+    }
+
+    pub fn gpu_bytes(&self) -> u64 {
+        self.pieces.iter().map(|p| p.buf.size).sum()
+    }
+
+    fn constants(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("WTYPE", self.ty.id() as u64),
+            ("BLOCK_WORDS", self.ty.gpu_block_words() as u64),
+            ("SUBS", (self.ty.gpu_block_elems() / 32) as u64),
+        ]
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MatmulParams {
+    k: u32,
+    n: u32,
+    t: u32,
+    x_stride4: u32,
+    y_stride: u32,
+    y_col: u32,
+    x_row0: u32,
+    _pad: u32,
+}
+
+/// How a matmul reads X and writes Y.
+#[derive(Debug, Clone, Copy)]
+pub struct MatmulShape {
+    /// Tokens (rows of X used, rows of Y written).
+    pub t: u32,
+    /// Floats per X row (for SWIGLU_INPUT: 2 * cols, gate then up).
+    pub x_stride: u32,
+    /// First X row read.
+    pub x_row0: u32,
+    /// Floats per Y row.
+    pub y_stride: u32,
+    /// Column of Y where this matrix's row 0 lands.
+    pub y_col: u32,
+    pub swiglu_input: bool,
+    pub accumulate: bool,
+}
+
+/// Tokens one invocation handles: weights are dequantized once per this many tokens.
+pub const MATMUL_TB: u32 = 8;
+
+/// `Y[t, y_col + n] (+)= X[t] . W[n] (+ bias[y_col + n])`.
+pub fn matmul(
+    gpu: &Gpu,
+    w: &QMatrix,
+    bias: Option<&Buffer>,
+    x: &Buffer,
+    y: &Buffer,
+    s: MatmulShape,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let tb = if s.t == 1 { 1 } else { MATMUL_TB };
+    let mut constants = w.constants();
+    constants.extend([
+        ("TB", tb as u64),
+        ("SWIGLU_INPUT", s.swiglu_input as u64),
+        ("ACCUMULATE", s.accumulate as u64),
+        ("HAS_BIAS", bias.is_some() as u64),
+    ]);
+    let rows_per_group = if gpu.subgroups {
+        64 / gpu.info.subgroup_max_size.clamp(1, 64)
+    } else {
+        64
+    };
+    let mut out = Vec::new();
+    for piece in &w.pieces {
+        let params = MatmulParams {
+            k: w.cols,
+            n: piece.rows,
+            t: s.t,
+            x_stride4: s.x_stride / 4,
+            y_stride: s.y_stride,
+            y_col: s.y_col + piece.row0,
+            x_row0: s.x_row0,
+            _pad: 0,
+        };
+        let [gx, gy, _] = grid(piece.rows.div_ceil(rows_per_group));
+        let bias_buf = bias.map(|b| &b.raw).unwrap_or(&gpu.dummy);
+        out.push(dispatch(
+            gpu,
+            "matmul",
+            &constants,
+            &params,
+            &[&piece.buf, x, y, bias_buf],
+            [gx, gy, s.t.div_ceil(tb)],
+        )?);
+    }
+    Ok(out)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RmsParams {
+    d4: u32,
+    t: u32,
+    x_row0: u32,
+    eps: f32,
+}
+
+/// `Y[t] = rmsnorm(X[x_row0 + t]) * g` for `t < rows`.
+pub fn rmsnorm(
+    gpu: &Gpu,
+    x: &Buffer,
+    g: &Buffer,
+    y: &Buffer,
+    d: u32,
+    rows: u32,
+    x_row0: u32,
+    eps: f32,
+) -> Result<Dispatch, GpuError> {
+    let params = RmsParams {
+        d4: d / 4,
+        t: rows,
+        x_row0,
+        eps,
+    };
+    dispatch(
+        gpu,
+        "rmsnorm",
+        &[],
+        &params,
+        &[x, g, y],
+        [rows.div_ceil(64), 1, 1],
+    )
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct EmbedParams {
+    d: u32,
+    t: u32,
+    row0: u32,
+    rows: u32,
+}
+
+/// `Y[t] = W[tokens[t]]`, one dispatch per piece of W.
+pub fn embed(
+    gpu: &Gpu,
+    w: &QMatrix,
+    tokens: &Buffer,
+    y: &Buffer,
+    t: u32,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let constants = w.constants();
+    let chunks = w.cols / 32;
+    w.pieces
+        .iter()
+        .map(|piece| {
+            let params = EmbedParams {
+                d: w.cols,
+                t,
+                row0: piece.row0,
+                rows: piece.rows,
+            };
+            dispatch(
+                gpu,
+                "embed",
+                &constants,
+                &params,
+                &[&piece.buf, tokens, y],
+                [(t * chunks).div_ceil(64), 1, 1],
+            )
+        })
+        .collect()
+}
+
+/// Attention geometry shared by the rope and attention kernels.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub n_head: u32,
+    pub n_kv_head: u32,
+    pub head_dim: u32,
+    /// Positions the KV cache holds per kv head.
+    pub kv_cap: u32,
+    pub neox: bool,
+}
+
+impl AttnShape {
+    pub fn qkv_stride(&self) -> u32 {
+        (self.n_head + 2 * self.n_kv_head) * self.head_dim
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RopeParams {
+    n_head: u32,
+    n_kv_head: u32,
+    head_dim: u32,
+    t: u32,
+    qkv_stride: u32,
+    kv_cap: u32,
+    _pad: [u32; 2],
+}
+
+/// The per-step uniform (position of the batch's first token) that rope and attention read.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+pub struct Step {
+    pub pos0: u32,
+    pub _pad: [u32; 3],
+}
+
+/// Rotates q and k of `t` tokens in `qkv` and appends k, v to the cache at `step.pos0`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv(
+    gpu: &Gpu,
+    a: AttnShape,
+    t: u32,
+    step: &Buffer,
+    qkv: &Buffer,
+    rope_table: &Buffer,
+    k_cache: &Buffer,
+    v_cache: &Buffer,
+) -> Result<Dispatch, GpuError> {
+    let params = RopeParams {
+        n_head: a.n_head,
+        n_kv_head: a.n_kv_head,
+        head_dim: a.head_dim,
+        t,
+        qkv_stride: a.qkv_stride(),
+        kv_cap: a.kv_cap,
+        _pad: [0; 2],
+    };
+    let n = t * (a.n_head + a.n_kv_head) * a.head_dim / 2;
+    let [gx, gy, _] = grid(n.div_ceil(64));
+    dispatch(
+        gpu,
+        "rope_kv",
+        &[("NEOX", a.neox as u64)],
+        &params,
+        &[step, qkv, rope_table, k_cache, v_cache],
+        [gx, gy, 1],
+    )
+}
+
+/// cos/sin table `[positions][head_dim / 2]`, computed as Hugging Face does: inverse
+/// frequencies and angles in f32, cos and sin of the f32 angle.
+pub fn rope_table(head_dim: u32, theta: f32, positions: u32) -> Vec<[f32; 2]> {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+        .collect();
+    let mut out = Vec::with_capacity((positions * half) as usize);
+    for pos in 0..positions {
+        for &f in &inv_freq {
+            let angle = pos as f32 * f;
+            out.push([(angle as f64).cos() as f32, (angle as f64).sin() as f32]);
+        }
+    }
+    out
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AttnParams {
+    n_head: u32,
+    n_kv_head: u32,
+    t: u32,
+    qkv_stride: u32,
+    kv_cap: u32,
+    out_stride: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// Causal attention of `t` queries (at positions `step.pos0 ..`) over the cache.
+pub fn attention(
+    gpu: &Gpu,
+    a: AttnShape,
+    t: u32,
+    step: &Buffer,
+    qkv: &Buffer,
+    k_cache: &Buffer,
+    v_cache: &Buffer,
+    out: &Buffer,
+) -> Result<Dispatch, GpuError> {
+    let params = AttnParams {
+        n_head: a.n_head,
+        n_kv_head: a.n_kv_head,
+        t,
+        qkv_stride: a.qkv_stride(),
+        kv_cap: a.kv_cap,
+        out_stride: a.n_head * a.head_dim,
+        scale: 1.0 / (a.head_dim as f32).sqrt(),
+        _pad: 0,
+    };
+    dispatch(
+        gpu,
+        "attention",
+        &[("HD4", (a.head_dim / 4) as u64)],
+        &params,
+        &[step, qkv, k_cache, v_cache, out],
+        [(t * a.n_head).div_ceil(64), 1, 1],
+    )
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RowParams {
+    n: u32,
+    row_offset: u32,
+    extra: u32,
+    _pad: u32,
+}
+
+/// Index of the largest of `n` values at `row_offset` of `x`, into `out[0]`.
+pub fn argmax(
+    gpu: &Gpu,
+    x: &Buffer,
+    row_offset: u32,
+    n: u32,
+    out: &Buffer,
+) -> Result<Dispatch, GpuError> {
+    let params = RowParams {
+        n,
+        row_offset,
+        extra: 0,
+        _pad: 0,
+    };
+    dispatch(gpu, "argmax", &[], &params, &[x, out], [1, 1, 1])
+}
+
+/// Largest `k` values of a row (unordered) into `out_v`, their indices into `out_i`.
+pub fn topk(
+    gpu: &Gpu,
+    x: &Buffer,
+    row_offset: u32,
+    n: u32,
+    k: u32,
+    out_v: &Buffer,
+    out_i: &Buffer,
+) -> Result<Dispatch, GpuError> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct P {
+        n: u32,
+        k: u32,
+        row_offset: u32,
+        _pad: u32,
+    }
+    let params = P {
+        n,
+        k: k.min(n),
+        row_offset,
+        _pad: 0,
+    };
+    dispatch(gpu, "topk", &[], &params, &[x, out_v, out_i], [1, 1, 1])
+}
+
+/// Applies the repetition penalty to the logits of the first `n_tokens` ids in `tokens`.
+pub fn penalty(
+    gpu: &Gpu,
+    tokens: &Buffer,
+    n_tokens: u32,
+    x: &Buffer,
+    row_offset: u32,
+    penalty: f32,
+) -> Result<Dispatch, GpuError> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct P {
+        n_tokens: u32,
+        row_offset: u32,
+        penalty: f32,
+        _pad: u32,
+    }
+    let params = P {
+        n_tokens,
+        row_offset,
+        penalty,
+        _pad: 0,
+    };
+    dispatch(
+        gpu,
+        "penalty",
+        &[],
+        &params,
+        &[tokens, x],
+        [n_tokens.div_ceil(64).max(1), 1, 1],
+    )
+}
+
+/// Plain CPU references, written for clarity, that the kernel tests compare against.
+pub mod reference {
+    /// `y[t][n] = sum_k x[t][k] * w[n][k]`.
+    pub fn matmul(w: &[f32], x: &[f32], n: usize, k: usize) -> Vec<f32> {
+        let t = x.len() / k;
+        let mut y = vec![0f32; t * n];
+        for ti in 0..t {
+            for ni in 0..n {
+                let mut s = 0f64;
+                for ki in 0..k {
+                    s += x[ti * k + ki] as f64 * w[ni * k + ki] as f64;
+                }
+                y[ti * n + ni] = s as f32;
+            }
+        }
+        y
+    }
+
+    pub fn rmsnorm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
+        let d = g.len();
+        x.chunks(d)
+            .flat_map(|row| {
+                let ms = row.iter().map(|v| (v * v) as f64).sum::<f64>() / d as f64;
+                let inv = 1.0 / (ms + eps as f64).sqrt();
+                row.iter()
+                    .zip(g)
+                    .map(move |(v, g)| (*v as f64 * inv) as f32 * g)
+            })
+            .collect()
+    }
+
+    pub fn silu(x: f32) -> f32 {
+        x / (1.0 + (-x).exp())
+    }
+
+    /// Rotates one head vector at `pos` (pairs as the kernel: adjacent, or halves for NEOX).
+    pub fn rope(v: &mut [f32], table: &[[f32; 2]], pos: usize, neox: bool) {
+        let half = v.len() / 2;
+        for i in 0..half {
+            let [c, s] = table[pos * half + i];
+            let (a, b) = if neox {
+                (i, i + half)
+            } else {
+                (2 * i, 2 * i + 1)
+            };
+            let (x0, x1) = (v[a], v[b]);
+            v[a] = x0 * c - x1 * s;
+            v[b] = x0 * s + x1 * c;
+        }
+    }
+
+    /// Causal attention for queries at positions `pos0..pos0+t` over keys `0..=pos`.
+    /// `q`: [t][n_head][hd]; `k`, `v`: [n_kv][positions][hd]; returns [t][n_head][hd].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        n_head: usize,
+        n_kv: usize,
+        hd: usize,
+        cap: usize,
+        pos0: usize,
+    ) -> Vec<f32> {
+        let t = q.len() / (n_head * hd);
+        let mut out = vec![0f32; q.len()];
+        let scale = 1.0 / (hd as f64).sqrt();
+        for ti in 0..t {
+            for h in 0..n_head {
+                let kvh = h / (n_head / n_kv);
+                let qv = &q[(ti * n_head + h) * hd..][..hd];
+                let n_keys = pos0 + ti + 1;
+                let scores: Vec<f64> = (0..n_keys)
+                    .map(|j| {
+                        let kv = &k[(kvh * cap + j) * hd..][..hd];
+                        qv.iter()
+                            .zip(kv)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..hd {
+                    let s: f64 = (0..n_keys)
+                        .map(|j| e[j] * v[(kvh * cap + j) * hd + d] as f64)
+                        .sum();
+                    out[(ti * n_head + h) * hd + d] = (s / z) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// First index of the maximum.
+    pub fn argmax(x: &[f32]) -> usize {
+        let mut best = 0;
+        for (i, v) in x.iter().enumerate() {
+            if *v > x[best] {
+                best = i;
+            }
+        }
+        best
+    }
+}

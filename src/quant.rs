@@ -1,0 +1,523 @@
+//! ggml tensor types: block geometry, the CPU reference dequantizer (what the tests trust), and
+//! the re-layout of blocks for the GPU.
+//!
+//! On the GPU a tensor stays quantized. Its blocks are only re-laid so that every block starts
+//! on a 4-byte boundary with its f16 scale(s) in the first word: the kernels then read whole
+//! `u32`s (Q8_0's 34-byte and Q6_K's 210-byte blocks are not word aligned in the file).
+
+use half::f16;
+
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    Q8_K,
+    BF16,
+}
+
+impl GgmlType {
+    pub fn from_id(id: u32) -> Option<Self> {
+        use GgmlType::*;
+        Some(match id {
+            0 => F32,
+            1 => F16,
+            2 => Q4_0,
+            3 => Q4_1,
+            6 => Q5_0,
+            7 => Q5_1,
+            8 => Q8_0,
+            9 => Q8_1,
+            10 => Q2_K,
+            11 => Q3_K,
+            12 => Q4_K,
+            13 => Q5_K,
+            14 => Q6_K,
+            15 => Q8_K,
+            30 => BF16,
+            _ => return None,
+        })
+    }
+
+    pub fn id(self) -> u32 {
+        use GgmlType::*;
+        match self {
+            F32 => 0,
+            F16 => 1,
+            Q4_0 => 2,
+            Q4_1 => 3,
+            Q5_0 => 6,
+            Q5_1 => 7,
+            Q8_0 => 8,
+            Q8_1 => 9,
+            Q2_K => 10,
+            Q3_K => 11,
+            Q4_K => 12,
+            Q5_K => 13,
+            Q6_K => 14,
+            Q8_K => 15,
+            BF16 => 30,
+        }
+    }
+
+    /// Elements per block.
+    pub fn block_size(self) -> usize {
+        use GgmlType::*;
+        match self {
+            F32 | F16 | BF16 => 1,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => 32,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => 256,
+        }
+    }
+
+    /// Bytes per block in the file.
+    pub fn block_bytes(self) -> usize {
+        use GgmlType::*;
+        match self {
+            F32 => 4,
+            F16 | BF16 => 2,
+            Q4_0 => 18,
+            Q4_1 => 20,
+            Q5_0 => 22,
+            Q5_1 => 24,
+            Q8_0 => 34,
+            Q8_1 => 36,
+            Q2_K => 84,
+            Q3_K => 110,
+            Q4_K => 144,
+            Q5_K => 176,
+            Q6_K => 210,
+            Q8_K => 292,
+        }
+    }
+
+    /// Whether the GPU kernels (and [`dequantize`]) handle this type.
+    pub fn supported(self) -> bool {
+        use GgmlType::*;
+        matches!(self, F32 | F16 | Q4_0 | Q4_1 | Q5_0 | Q8_0 | Q4_K | Q6_K)
+    }
+
+    /// Words per block in the GPU layout ([`to_gpu_layout`]); a block of F32/F16 is treated as 32
+    /// elements so every type is read in 32-element chunks.
+    pub fn gpu_block_words(self) -> usize {
+        use GgmlType::*;
+        match self {
+            F32 => 32,
+            F16 => 16,
+            Q4_0 => 5,
+            Q4_1 => 5,
+            Q5_0 => 6,
+            Q8_0 => 9,
+            Q4_K => 36,
+            Q6_K => 53,
+            _ => 0,
+        }
+    }
+
+    /// Elements covered by one GPU block.
+    pub fn gpu_block_elems(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 => 32,
+            t => t.block_size(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("tensor type {0:?} is not supported by this runtime (supported: F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K)")]
+pub struct UnsupportedType(pub GgmlType);
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Q4_K / Q5_K: 6-bit scale and min of sub-block `j` (0..8) from the 12 packed bytes.
+fn k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+/// CPU reference: `bytes` (whole blocks in the file layout) to f32.
+pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, UnsupportedType> {
+    use GgmlType::*;
+    let bb = ty.block_bytes();
+    let n_blocks = bytes.len() / bb;
+    let mut out = Vec::with_capacity(n_blocks * ty.block_size());
+    for blk in bytes.chunks_exact(bb) {
+        match ty {
+            F32 => out.push(f32::from_le_bytes(blk.try_into().unwrap())),
+            F16 => out.push(f16_at(blk, 0)),
+            Q4_0 => {
+                let d = f16_at(blk, 0);
+                let qs = &blk[2..18];
+                out.extend(qs.iter().map(|q| ((q & 0xF) as f32 - 8.0) * d));
+                out.extend(qs.iter().map(|q| ((q >> 4) as f32 - 8.0) * d));
+            }
+            Q4_1 => {
+                let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+                let qs = &blk[4..20];
+                out.extend(qs.iter().map(|q| (q & 0xF) as f32 * d + m));
+                out.extend(qs.iter().map(|q| (q >> 4) as f32 * d + m));
+            }
+            Q5_0 => {
+                let d = f16_at(blk, 0);
+                let qh = u32::from_le_bytes(blk[2..6].try_into().unwrap());
+                let qs = &blk[6..22];
+                for (j, q) in qs.iter().enumerate() {
+                    let hi = ((qh >> j) & 1) << 4;
+                    out.push((((q & 0xF) as u32 | hi) as f32 - 16.0) * d);
+                }
+                for (j, q) in qs.iter().enumerate() {
+                    let hi = ((qh >> (j + 16)) & 1) << 4;
+                    out.push((((q >> 4) as u32 | hi) as f32 - 16.0) * d);
+                }
+            }
+            Q8_0 => {
+                let d = f16_at(blk, 0);
+                out.extend(blk[2..34].iter().map(|&q| q as i8 as f32 * d));
+            }
+            Q4_K => {
+                let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+                let scales = &blk[4..16];
+                let qs = &blk[16..144];
+                // 4 groups of 64 elements; each group's 32 bytes hold two sub-blocks (low, high nibbles).
+                for g in 0..4 {
+                    let q = &qs[g * 32..g * 32 + 32];
+                    let (s0, m0) = k_scale_min(2 * g, scales);
+                    let (s1, m1) = k_scale_min(2 * g + 1, scales);
+                    let (d0, mn0) = (d * s0 as f32, dmin * m0 as f32);
+                    let (d1, mn1) = (d * s1 as f32, dmin * m1 as f32);
+                    out.extend(q.iter().map(|b| (b & 0xF) as f32 * d0 - mn0));
+                    out.extend(q.iter().map(|b| (b >> 4) as f32 * d1 - mn1));
+                }
+            }
+            Q6_K => {
+                let ql = &blk[0..128];
+                let qh = &blk[128..192];
+                let sc = &blk[192..208];
+                let d = f16_at(blk, 208);
+                // Two halves of 128 elements; in each, element l + 32*i uses ql/qh bit planes.
+                for half in 0..2 {
+                    let ql = &ql[half * 64..half * 64 + 64];
+                    let qh = &qh[half * 32..half * 32 + 32];
+                    let sc = &sc[half * 8..half * 8 + 8];
+                    let mut vals = [0f32; 128];
+                    for l in 0..32 {
+                        let is = l / 16;
+                        let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                        let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                        let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                        vals[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                        vals[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                        vals[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                        vals[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                    }
+                    out.extend(vals);
+                }
+            }
+            _ => return Err(UnsupportedType(ty)),
+        }
+    }
+    Ok(out)
+}
+
+/// Re-lays whole blocks for the GPU: each block becomes `gpu_block_words` little-endian words,
+/// the f16 scale(s) first, the quants after, padded to a word.
+pub fn to_gpu_layout(ty: GgmlType, bytes: &[u8]) -> Result<Vec<u32>, UnsupportedType> {
+    use GgmlType::*;
+    if !ty.supported() {
+        return Err(UnsupportedType(ty));
+    }
+    let words = |b: &[u8]| -> Vec<u32> {
+        b.chunks(4)
+            .map(|c| {
+                let mut w = [0u8; 4];
+                w[..c.len()].copy_from_slice(c);
+                u32::from_le_bytes(w)
+            })
+            .collect()
+    };
+    Ok(match ty {
+        // Already word aligned with the scales first: the file layout is the GPU layout.
+        F32 | F16 | Q4_1 | Q4_K => words(bytes),
+        Q4_0 | Q5_0 | Q8_0 => {
+            let bb = ty.block_bytes();
+            let mut out = Vec::with_capacity(bytes.len() / bb * ty.gpu_block_words());
+            for blk in bytes.chunks_exact(bb) {
+                out.push(u16::from_le_bytes([blk[0], blk[1]]) as u32);
+                out.extend(words(&blk[2..]));
+            }
+            out
+        }
+        Q6_K => {
+            let mut out = Vec::with_capacity(bytes.len() / 210 * 53);
+            for blk in bytes.chunks_exact(210) {
+                out.push(u16::from_le_bytes([blk[208], blk[209]]) as u32);
+                out.extend(words(&blk[..208]));
+            }
+            out
+        }
+        _ => unreachable!(),
+    })
+}
+
+/// Quantizes f32 values to a block type; for tests and for building small models.
+/// Simple round-to-nearest: the tests only need valid blocks, not the best ones.
+pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    use GgmlType::*;
+    let mut out = Vec::new();
+    let put_f16 = |out: &mut Vec<u8>, v: f32| out.extend(f16::from_f32(v).to_le_bytes());
+    match ty {
+        F32 => x.iter().for_each(|v| out.extend(v.to_le_bytes())),
+        F16 => x.iter().for_each(|&v| put_f16(&mut out, v)),
+        Q8_0 => {
+            for b in x.chunks_exact(32) {
+                let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                put_f16(&mut out, d);
+                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(b.iter().map(|v| (v * id).round() as i8 as u8));
+            }
+        }
+        Q4_0 | Q5_0 => {
+            let (levels, offset) = if ty == Q4_0 { (8.0, 8) } else { (16.0, 16) };
+            for b in x.chunks_exact(32) {
+                let max = b
+                    .iter()
+                    .fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+                let d = max / -levels;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                put_f16(&mut out, d);
+                let q: Vec<u8> = b
+                    .iter()
+                    .map(|v| ((v * id + offset as f32 + 0.5) as i32).clamp(0, 2 * offset - 1) as u8)
+                    .collect();
+                if ty == Q5_0 {
+                    let mut qh = 0u32;
+                    for (j, &qj) in q.iter().enumerate() {
+                        qh |= ((qj as u32 >> 4) & 1) << j;
+                    }
+                    out.extend(qh.to_le_bytes());
+                }
+                out.extend((0..16).map(|j| (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)));
+            }
+        }
+        Q4_1 => {
+            for b in x.chunks_exact(32) {
+                let min = b.iter().fold(f32::INFINITY, |a, &v| a.min(v));
+                let max = b.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                let d = (max - min) / 15.0;
+                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                put_f16(&mut out, d);
+                put_f16(&mut out, min);
+                let q: Vec<u8> = b
+                    .iter()
+                    .map(|v| (((v - min) * id + 0.5) as i32).clamp(0, 15) as u8)
+                    .collect();
+                out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
+            }
+        }
+        Q4_K => {
+            for sb in x.chunks_exact(256) {
+                // Per sub-block scale/min as 6-bit multiples of d/dmin.
+                let mut sc = [0f32; 8];
+                let mut mn = [0f32; 8];
+                for (j, b) in sb.chunks_exact(32).enumerate() {
+                    let min = b.iter().fold(0f32, |a, &v| a.min(v));
+                    let max = b.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                    sc[j] = (max - min) / 15.0;
+                    mn[j] = -min;
+                }
+                let d = sc.iter().fold(0f32, |a, &v| a.max(v)) / 63.0;
+                let dmin = mn.iter().fold(0f32, |a, &v| a.max(v)) / 63.0;
+                let ls: Vec<u8> = sc
+                    .iter()
+                    .map(|s| {
+                        if d > 0.0 {
+                            (s / d).round().min(63.0) as u8
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let lm: Vec<u8> = mn
+                    .iter()
+                    .map(|m| {
+                        if dmin > 0.0 {
+                            (m / dmin).round().min(63.0) as u8
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                put_f16(&mut out, d);
+                put_f16(&mut out, dmin);
+                let mut s = [0u8; 12];
+                for j in 0..8 {
+                    if j < 4 {
+                        s[j] = ls[j];
+                        s[j + 4] = lm[j];
+                    } else {
+                        s[j + 4] = (ls[j] & 0xF) | ((lm[j] & 0xF) << 4);
+                        s[j - 4] |= (ls[j] >> 4) << 6;
+                        s[j] |= (lm[j] >> 4) << 6;
+                    }
+                }
+                out.extend(s);
+                let dh = f16::from_f32(d).to_f32();
+                let mh = f16::from_f32(dmin).to_f32();
+                let q: Vec<u8> = sb
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let (s, m) = k_scale_min(i / 32, &s);
+                        let ds = dh * s as f32;
+                        if ds == 0.0 {
+                            0
+                        } else {
+                            (((v + mh * m as f32) / ds).round() as i32).clamp(0, 15) as u8
+                        }
+                    })
+                    .collect();
+                for g in 0..4 {
+                    for l in 0..32 {
+                        out.push(q[g * 64 + l] | (q[g * 64 + 32 + l] << 4));
+                    }
+                }
+            }
+        }
+        Q6_K => {
+            for sb in x.chunks_exact(256) {
+                let mut scales = [0f32; 16];
+                for (j, b) in sb.chunks_exact(16).enumerate() {
+                    scales[j] = b.iter().fold(0f32, |a, &v| a.max(v.abs())) / 31.0;
+                }
+                let d = scales.iter().fold(0f32, |a, &v| a.max(v)) / 127.0;
+                let isc: Vec<i8> = scales
+                    .iter()
+                    .map(|s| {
+                        if d > 0.0 {
+                            (s / d).round().min(127.0) as i8
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let dh = f16::from_f32(d).to_f32();
+                let q: Vec<u8> = sb
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let ds = dh * isc[i / 16] as f32;
+                        let qi = if ds == 0.0 {
+                            0
+                        } else {
+                            (v / ds).round() as i32
+                        };
+                        (qi.clamp(-32, 31) + 32) as u8
+                    })
+                    .collect();
+                let mut ql = [0u8; 128];
+                let mut qh = [0u8; 64];
+                for half in 0..2 {
+                    let q = &q[half * 128..];
+                    for l in 0..32 {
+                        ql[half * 64 + l] = (q[l] & 0xF) | ((q[l + 64] & 0xF) << 4);
+                        ql[half * 64 + l + 32] = (q[l + 32] & 0xF) | ((q[l + 96] & 0xF) << 4);
+                        qh[half * 32 + l] = (q[l] >> 4)
+                            | ((q[l + 32] >> 4) << 2)
+                            | ((q[l + 64] >> 4) << 4)
+                            | ((q[l + 96] >> 4) << 6);
+                    }
+                }
+                out.extend(ql);
+                out.extend(qh);
+                out.extend(isc.iter().map(|&v| v as u8));
+                put_f16(&mut out, d);
+            }
+        }
+        _ => panic!("quantize: {ty:?} not implemented"),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vals(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn quantize_then_dequantize_is_close() {
+        use GgmlType::*;
+        for (ty, tol) in [
+            (F16, 1e-3),
+            (Q8_0, 0.01),
+            (Q4_0, 0.15),
+            (Q4_1, 0.08),
+            (Q5_0, 0.07),
+            (Q4_K, 0.1),
+            (Q6_K, 0.05),
+        ] {
+            let x = rand_vals(512, 7);
+            let q = quantize(ty, &x);
+            assert_eq!(q.len(), 512 / ty.block_size() * ty.block_bytes(), "{ty:?}");
+            let y = dequantize(ty, &q).unwrap();
+            let err = x
+                .iter()
+                .zip(&y)
+                .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+            assert!(err < tol, "{ty:?}: max error {err}");
+        }
+    }
+
+    #[test]
+    fn gpu_layout_has_declared_size() {
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
+            let q = quantize(ty, &rand_vals(512, 3));
+            let w = to_gpu_layout(ty, &q).unwrap();
+            assert_eq!(
+                w.len(),
+                512 / ty.gpu_block_elems() * ty.gpu_block_words(),
+                "{ty:?}"
+            );
+        }
+    }
+}

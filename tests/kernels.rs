@@ -1,0 +1,313 @@
+//! Every kernel against its CPU reference on fresh random inputs, on both shader paths
+//! (subgroups on and off). A missing device is a failure, never a skip.
+
+use std::sync::Arc;
+
+use lamina::gpu::{Gpu, GpuOptions};
+use lamina::kernels::{self, reference, AttnShape, MatmulShape, QMatrix, Step};
+use lamina::quant::{self, GgmlType};
+use rand::{Rng, SeedableRng};
+
+fn gpus() -> Vec<Arc<Gpu>> {
+    let full = Gpu::new(GpuOptions {
+        allow_f16: true,
+        allow_subgroups: true,
+    })
+    .expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+    let plain = Gpu::new(GpuOptions {
+        allow_f16: false,
+        allow_subgroups: false,
+    })
+    .unwrap();
+    assert!(!plain.subgroups && !plain.f16);
+    vec![full, plain]
+}
+
+fn rng() -> rand::rngs::StdRng {
+    // Fresh inputs each run; the seed is printed so a failure can be replayed.
+    let seed: u64 = std::env::var("LAMINA_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("LAMINA_TEST_SEED={seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+fn randn(r: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| (r.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let m = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |e, (x, y)| e.max((x - y).abs())) / m
+}
+
+fn upload_f32(gpu: &Gpu, data: &[f32]) -> lamina::gpu::Buffer {
+    gpu.storage_init("test", bytemuck::cast_slice(data))
+        .unwrap()
+}
+
+const TYPES: [GgmlType; 8] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
+
+#[test]
+fn matmul_matches_reference_for_every_type_and_token_count() {
+    let mut r = rng();
+    for gpu in gpus() {
+        for ty in TYPES {
+            for &(n, t) in &[(70usize, 1usize), (33, 13)] {
+                let k = 512;
+                let w = randn(&mut r, n * k, 1.0);
+                let bytes = quant::quantize(ty, &w);
+                let wq = quant::dequantize(ty, &bytes).unwrap();
+                let m = QMatrix::upload(&gpu, "w", ty, n as u32, k as u32, &bytes).unwrap();
+                let x = randn(&mut r, t * k, 1.0);
+                let xb = upload_f32(&gpu, &x);
+                let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
+                let d = kernels::matmul(
+                    &gpu,
+                    &m,
+                    None,
+                    &xb,
+                    &yb,
+                    MatmulShape {
+                        t: t as u32,
+                        x_stride: k as u32,
+                        x_row0: 0,
+                        y_stride: n as u32,
+                        y_col: 0,
+                        swiglu_input: false,
+                        accumulate: false,
+                    },
+                )
+                .unwrap();
+                kernels::run(&gpu, &d).unwrap();
+                let got = gpu.read_f32(&yb, 0, (t * n) as u64).unwrap();
+                let want = reference::matmul(&wq, &x, n, k);
+                let e = max_rel_err(&got, &want);
+                assert!(
+                    e < 1e-5,
+                    "{ty:?} n={n} t={t} subgroups={}: rel err {e}",
+                    gpu.subgroups
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_fusions_swiglu_input_bias_accumulate_and_offsets() {
+    let mut r = rng();
+    for gpu in gpus() {
+        let (n, k, t) = (40usize, 96usize, 5usize);
+        let w = randn(&mut r, n * k, 1.0);
+        let bytes = quant::quantize(GgmlType::Q8_0, &w);
+        let wq = quant::dequantize(GgmlType::Q8_0, &bytes).unwrap();
+        let m = QMatrix::upload(&gpu, "w", GgmlType::Q8_0, n as u32, k as u32, &bytes).unwrap();
+        // X rows hold [gate | up]; one extra leading row checks x_row0.
+        let gu = randn(&mut r, (t + 1) * 2 * k, 2.0);
+        let bias = randn(&mut r, n + 3, 1.0);
+        let y_stride = n + 3;
+        let y0 = randn(&mut r, t * y_stride, 1.0);
+        let (xb, bb, yb) = (
+            upload_f32(&gpu, &gu),
+            upload_f32(&gpu, &bias),
+            upload_f32(&gpu, &y0),
+        );
+        let d = kernels::matmul(
+            &gpu,
+            &m,
+            Some(&bb),
+            &xb,
+            &yb,
+            MatmulShape {
+                t: t as u32,
+                x_stride: 2 * k as u32,
+                x_row0: 1,
+                y_stride: y_stride as u32,
+                y_col: 3,
+                swiglu_input: true,
+                accumulate: true,
+            },
+        )
+        .unwrap();
+        kernels::run(&gpu, &d).unwrap();
+        let got = gpu.read_f32(&yb, 0, (t * y_stride) as u64).unwrap();
+        let act: Vec<f32> = (0..t)
+            .flat_map(|ti| {
+                let row = &gu[(ti + 1) * 2 * k..][..2 * k];
+                (0..k).map(move |j| reference::silu(row[j]) * row[k + j])
+            })
+            .collect();
+        let prod = reference::matmul(&wq, &act, n, k);
+        let mut want = y0.clone();
+        for ti in 0..t {
+            for ni in 0..n {
+                want[ti * y_stride + 3 + ni] += prod[ti * n + ni] + bias[3 + ni];
+            }
+        }
+        let e = max_rel_err(&got, &want);
+        assert!(e < 1e-5, "subgroups={}: rel err {e}", gpu.subgroups);
+    }
+}
+
+#[test]
+fn rmsnorm_and_embed_match_reference() {
+    let mut r = rng();
+    for gpu in gpus() {
+        let (d, t) = (96usize, 7usize);
+        let x = randn(&mut r, t * d, 3.0);
+        let g = randn(&mut r, d, 1.0);
+        let (xb, gb) = (upload_f32(&gpu, &x), upload_f32(&gpu, &g));
+        let yb = gpu.storage("y", (t * d * 4) as u64).unwrap();
+        let dsp = kernels::rmsnorm(&gpu, &xb, &gb, &yb, d as u32, (t - 2) as u32, 2, 1e-5).unwrap();
+        kernels::run(&gpu, &[dsp]).unwrap();
+        let got = gpu.read_f32(&yb, 0, ((t - 2) * d) as u64).unwrap();
+        let want = reference::rmsnorm(&x[2 * d..], &g, 1e-5);
+        assert!(max_rel_err(&got, &want) < 1e-5);
+
+        for ty in TYPES {
+            let (rows, cols) = (50usize, 256usize);
+            let w = randn(&mut r, rows * cols, 1.0);
+            let bytes = quant::quantize(ty, &w);
+            let wq = quant::dequantize(ty, &bytes).unwrap();
+            let m = QMatrix::upload(&gpu, "emb", ty, rows as u32, cols as u32, &bytes).unwrap();
+            let toks: Vec<u32> = (0..9).map(|_| r.random_range(0..rows as u32)).collect();
+            let tb = gpu
+                .storage_init("tok", bytemuck::cast_slice(&toks))
+                .unwrap();
+            let yb = gpu.storage("y", (toks.len() * cols * 4) as u64).unwrap();
+            let dsp = kernels::embed(&gpu, &m, &tb, &yb, toks.len() as u32).unwrap();
+            kernels::run(&gpu, &dsp).unwrap();
+            let got = gpu.read_f32(&yb, 0, (toks.len() * cols) as u64).unwrap();
+            let want: Vec<f32> = toks
+                .iter()
+                .flat_map(|&tk| wq[tk as usize * cols..][..cols].to_vec())
+                .collect();
+            assert_eq!(got, want, "{ty:?}");
+        }
+    }
+}
+
+#[test]
+fn rope_kv_and_attention_match_reference() {
+    let mut r = rng();
+    for gpu in gpus() {
+        for neox in [false, true] {
+            let a = AttnShape {
+                n_head: 6,
+                n_kv_head: 2,
+                head_dim: 16,
+                kv_cap: 24,
+                neox,
+            };
+            let hd = a.head_dim as usize;
+            let (nh, nkv, cap) = (a.n_head as usize, a.n_kv_head as usize, a.kv_cap as usize);
+            let table = kernels::rope_table(a.head_dim, 10000.0, a.kv_cap);
+            let tbl = gpu
+                .storage_init("rope", bytemuck::cast_slice(&table))
+                .unwrap();
+            let kc = gpu.storage("k", (nkv * cap * hd * 4) as u64).unwrap();
+            let vc = gpu.storage("v", (nkv * cap * hd * 4) as u64).unwrap();
+            let stride = a.qkv_stride() as usize;
+            let mut kref = vec![0f32; nkv * cap * hd];
+            let mut vref = vec![0f32; nkv * cap * hd];
+            // Two batches: a prefill of 5 tokens, then a decode of 1, as generation does.
+            for (pos0, t) in [(0usize, 5usize), (5, 1)] {
+                let qkv = randn(&mut r, t * stride, 1.0);
+                let qb = upload_f32(&gpu, &qkv);
+                let step = gpu
+                    .uniform_init(
+                        "step",
+                        bytemuck::bytes_of(&Step {
+                            pos0: pos0 as u32,
+                            _pad: [0; 3],
+                        }),
+                    )
+                    .unwrap();
+                let out = gpu.storage("o", (t * nh * hd * 4) as u64).unwrap();
+                let d1 = kernels::rope_kv(&gpu, a, t as u32, &step, &qb, &tbl, &kc, &vc).unwrap();
+                let d2 = kernels::attention(&gpu, a, t as u32, &step, &qb, &kc, &vc, &out).unwrap();
+                kernels::run(&gpu, &[d1, d2]).unwrap();
+                let got = gpu.read_f32(&out, 0, (t * nh * hd) as u64).unwrap();
+
+                let mut q = Vec::new();
+                for ti in 0..t {
+                    let row = &qkv[ti * stride..][..stride];
+                    for h in 0..nh {
+                        let mut v = row[h * hd..][..hd].to_vec();
+                        reference::rope(&mut v, &table, pos0 + ti, neox);
+                        q.extend(v);
+                    }
+                    for h in 0..nkv {
+                        let mut kv = row[(nh + h) * hd..][..hd].to_vec();
+                        reference::rope(&mut kv, &table, pos0 + ti, neox);
+                        kref[(h * cap + pos0 + ti) * hd..][..hd].copy_from_slice(&kv);
+                        vref[(h * cap + pos0 + ti) * hd..][..hd]
+                            .copy_from_slice(&row[(nh + nkv + h) * hd..][..hd]);
+                    }
+                }
+                let want = reference::attention(&q, &kref, &vref, nh, nkv, hd, cap, pos0);
+                let e = max_rel_err(&got, &want);
+                assert!(e < 1e-5, "neox={neox} pos0={pos0}: rel err {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn argmax_topk_and_penalty_match_reference() {
+    let mut r = rng();
+    let gpu = &gpus()[0];
+    let n = 5000usize;
+    let mut x = randn(&mut r, n + 10, 10.0);
+    x[10 + 1234] = 50.0; // a clear maximum
+    x[10 + 77] = -3.0;
+    let xb = upload_f32(gpu, &x);
+    let out = gpu.storage("o", 16).unwrap();
+    let d = kernels::argmax(gpu, &xb, 10, n as u32, &out).unwrap();
+    kernels::run(gpu, &[d]).unwrap();
+    let got = gpu.read_back(&out, 0, 4).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(got.try_into().unwrap()) as usize,
+        reference::argmax(&x[10..])
+    );
+
+    // Penalty on the max and one negative value: the maximum moves elsewhere.
+    let toks = [1234u32, 77];
+    let tb = gpu.storage_init("t", bytemuck::cast_slice(&toks)).unwrap();
+    let d = kernels::penalty(gpu, &tb, 2, &xb, 10, 100.0).unwrap();
+    kernels::run(gpu, &[d]).unwrap();
+    let after = gpu.read_f32(&xb, 10, n as u64).unwrap();
+    let mut want = x[10..].to_vec();
+    want[1234] /= 100.0;
+    want[77] *= 100.0;
+    assert_eq!(after, want);
+
+    for k in [1u32, 40, 256] {
+        let ov = gpu.storage("v", k as u64 * 4).unwrap();
+        let oi = gpu.storage("i", k as u64 * 4).unwrap();
+        let d = kernels::topk(gpu, &xb, 10, n as u32, k, &ov, &oi).unwrap();
+        kernels::run(gpu, &[d]).unwrap();
+        let vals = gpu.read_f32(&ov, 0, k as u64).unwrap();
+        let idx: Vec<u32> =
+            bytemuck::cast_slice(&gpu.read_back(&oi, 0, k as u64 * 4).unwrap()).to_vec();
+        let mut got: Vec<f32> = idx.iter().map(|&i| after[i as usize]).collect();
+        assert_eq!(got.iter().zip(&vals).filter(|(a, b)| a != b).count(), 0);
+        got.sort_by(|a, b| b.partial_cmp(a).unwrap());
+        let mut sorted = after.clone();
+        sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+        assert_eq!(got, sorted[..k as usize].to_vec(), "k={k}");
+    }
+}
