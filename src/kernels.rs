@@ -376,9 +376,23 @@ pub fn rope_kv(
 /// cos/sin table `[positions][head_dim / 2]`, computed as Hugging Face does: inverse
 /// frequencies and angles in f32, cos and sin of the f32 angle.
 pub fn rope_table(head_dim: u32, theta: f32, positions: u32) -> Vec<[f32; 2]> {
+    rope_table_scaled(head_dim, theta, positions, &[])
+}
+
+/// [`rope_table`] with Llama 3 style per-frequency factors (`rope_freqs.weight`): each
+/// inverse frequency is divided by its factor.
+pub fn rope_table_scaled(
+    head_dim: u32,
+    theta: f32,
+    positions: u32,
+    factors: &[f32],
+) -> Vec<[f32; 2]> {
     let half = head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+        .map(|i| {
+            let f = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
+            f / factors.get(i as usize).copied().unwrap_or(1.0)
+        })
         .collect();
     let mut out = Vec::with_capacity((positions * half) as usize);
     for pos in 0..positions {

@@ -4,9 +4,12 @@
 //! [`model::Llama`] forward -> logits -> [`generate::Session`] sampling.
 
 pub mod error;
+pub mod fetch;
 pub mod gguf;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod quant;
 pub mod shaders;
+pub mod tokenizer;
 pub use error::{Error, Result};

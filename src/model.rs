@@ -1,0 +1,680 @@
+//! The Llama-family model on the GPU: config from metadata, quantized weights uploaded once,
+//! a KV cache, and a forward pass recorded once per batch size and replayed every step.
+//!
+//! Per layer the forward is eight dispatches: rmsnorm, fused QKV matmul (+bias), rope + KV
+//! append, attention, output matmul accumulating into the residual, rmsnorm, fused gate/up
+//! matmul, and the down matmul that applies SwiGLU on its input and accumulates into the
+//! residual. Only the rows of logits that are needed are computed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::gpu::{Buffer, Gpu};
+use crate::kernels::{self, AttnShape, Dispatch, MatmulShape, QMatrix, Step};
+use crate::quant;
+
+/// Architecture hyper-parameters, read from `{arch}.*` metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub arch: String,
+    pub n_layer: u32,
+    pub n_embd: u32,
+    pub n_head: u32,
+    pub n_kv_head: u32,
+    pub head_dim: u32,
+    pub n_ff: u32,
+    pub vocab: u32,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+    pub ctx_train: u32,
+    /// Rotation pairs (i, i + d/2) instead of adjacent ones (Qwen2 in GGUF).
+    pub rope_neox: bool,
+}
+
+impl Config {
+    pub fn from_gguf(g: &GgufFile) -> Result<Config> {
+        let arch = g.get_str("general.architecture")?.to_string();
+        let rope_neox = match arch.as_str() {
+            "llama" | "mistral" => false,
+            "qwen2" => true,
+            other => {
+                return Err(Error::Model(format!(
+                    "architecture '{other}' is not supported (llama, mistral, qwen2)"
+                )))
+            }
+        };
+        let k = |s: &str| format!("{arch}.{s}");
+        let u = |s: &str| -> Result<u32> {
+            let v = g.get_u64(&k(s))?;
+            u32::try_from(v).map_err(|_| Error::Model(format!("{} = {v} is out of range", k(s))))
+        };
+        let n_embd = u("embedding_length")?;
+        let n_head = u("attention.head_count")?;
+        let n_kv_head = u("attention.head_count_kv").unwrap_or(n_head);
+        let head_dim = u("attention.key_length").unwrap_or(n_embd / n_head.max(1));
+        let vocab = match u("vocab_size") {
+            Ok(v) => v,
+            Err(_) => g.get_array("tokenizer.ggml.tokens")?.len() as u32,
+        };
+        let cfg = Config {
+            n_layer: u("block_count")?,
+            n_embd,
+            n_head,
+            n_kv_head,
+            head_dim,
+            n_ff: u("feed_forward_length")?,
+            vocab,
+            rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10000.0) as f32,
+            rms_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon"))? as f32,
+            ctx_train: u("context_length").unwrap_or(2048),
+            rope_neox,
+            arch: arch.clone(),
+        };
+        if let Ok(rd) = u("rope.dimension_count") {
+            if rd != cfg.head_dim {
+                return Err(Error::Model(format!(
+                    "partial rotary embedding ({rd} of {} dims) is not supported",
+                    cfg.head_dim
+                )));
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Model(m));
+        if self.n_head == 0 || self.n_kv_head == 0 || self.n_head % self.n_kv_head != 0 {
+            return bad(format!(
+                "{} heads cannot share {} kv heads",
+                self.n_head, self.n_kv_head
+            ));
+        }
+        if self.head_dim % 4 != 0 || self.head_dim > 128 || self.head_dim == 0 {
+            return bad(format!(
+                "head dim {} (multiple of 4, at most 128)",
+                self.head_dim
+            ));
+        }
+        if self.n_embd % 32 != 0 || self.n_ff % 32 != 0 {
+            return bad(format!(
+                "embedding {} and feed-forward {} must be multiples of 32",
+                self.n_embd, self.n_ff
+            ));
+        }
+        if self.n_layer == 0 || self.vocab == 0 {
+            return bad("no layers or empty vocabulary".into());
+        }
+        Ok(())
+    }
+
+    pub fn q_dim(&self) -> u32 {
+        self.n_head * self.head_dim
+    }
+    pub fn kv_dim(&self) -> u32 {
+        self.n_kv_head * self.head_dim
+    }
+}
+
+/// Linear layers whose outputs are concatenated: consecutive parts of the same type are
+/// uploaded as one matrix so they take one dispatch (QKV, gate+up).
+pub struct Linear {
+    /// (matrix, first output column)
+    pub parts: Vec<(QMatrix, u32)>,
+    pub bias: Option<Buffer>,
+    pub out_dim: u32,
+}
+
+impl Linear {
+    fn load(
+        gpu: &Gpu,
+        g: &GgufFile,
+        names: &[String],
+        biases: &[String],
+        in_dim: u32,
+        out_dims: &[u32],
+    ) -> Result<Linear> {
+        let mut infos = Vec::new();
+        for (name, &rows) in names.iter().zip(out_dims) {
+            let t = g.require_tensor(name)?;
+            let (r, c) = t.rows_cols();
+            if t.dims.len() != 2 || r != rows as u64 || c != in_dim as u64 {
+                return Err(Error::Model(format!(
+                    "tensor '{name}' has shape {:?}, expected [{in_dim}, {rows}]",
+                    t.dims
+                )));
+            }
+            infos.push(t);
+        }
+        let mut parts = Vec::new();
+        let mut col = 0u32;
+        let mut i = 0;
+        while i < infos.len() {
+            let mut j = i + 1;
+            while j < infos.len() && infos[j].ty == infos[i].ty {
+                j += 1;
+            }
+            let rows: u32 = out_dims[i..j].iter().sum();
+            let mut bytes = Vec::new();
+            for t in &infos[i..j] {
+                bytes.extend_from_slice(g.tensor_bytes(t));
+            }
+            let label = names[i..j].join("+");
+            parts.push((
+                QMatrix::upload(gpu, &label, infos[i].ty, rows, in_dim, &bytes)?,
+                col,
+            ));
+            col += rows;
+            i = j;
+        }
+        let bias = if biases.iter().any(|b| g.tensor(b).is_some()) {
+            let mut all = Vec::new();
+            for (b, &rows) in biases.iter().zip(out_dims) {
+                let v = match g.tensor(b) {
+                    Some(_) => load_vector(g, b, rows)?,
+                    None => vec![0.0; rows as usize],
+                };
+                all.extend(v);
+            }
+            Some(gpu.storage_init("bias", bytemuck::cast_slice(&all))?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            parts,
+            bias,
+            out_dim: col,
+        })
+    }
+
+    fn dispatch(&self, gpu: &Gpu, x: &Buffer, y: &Buffer, s: MatmulShape) -> Result<Vec<Dispatch>> {
+        let mut out = Vec::new();
+        for (m, col) in &self.parts {
+            let shape = MatmulShape {
+                y_col: s.y_col + col,
+                ..s
+            };
+            out.extend(kernels::matmul(gpu, m, self.bias.as_ref(), x, y, shape)?);
+        }
+        Ok(out)
+    }
+
+    fn gpu_bytes(&self) -> u64 {
+        self.parts.iter().map(|(m, _)| m.gpu_bytes()).sum::<u64>()
+            + self.bias.as_ref().map(|b| b.size).unwrap_or(0)
+    }
+}
+
+fn load_vector(g: &GgufFile, name: &str, len: u32) -> Result<Vec<f32>> {
+    let t = g.require_tensor(name)?;
+    if t.n_elements() != len as u64 {
+        return Err(Error::Model(format!(
+            "tensor '{name}' has {} elements, expected {len}",
+            t.n_elements()
+        )));
+    }
+    quant::dequantize(t.ty, g.tensor_bytes(t)).map_err(|e| Error::TensorType {
+        tensor: name.into(),
+        source: e,
+    })
+}
+
+pub struct Layer {
+    pub attn_norm: Buffer,
+    pub qkv: Linear,
+    pub o: Linear,
+    pub ffn_norm: Buffer,
+    pub gate_up: Linear,
+    pub down: Linear,
+}
+
+pub struct Weights {
+    pub tok_embd: QMatrix,
+    pub layers: Vec<Layer>,
+    pub out_norm: Buffer,
+    /// `None`: the output head is tied to the token embedding.
+    pub output: Option<QMatrix>,
+    /// Llama 3 style per-frequency rope factors, if the file has them.
+    pub rope_freqs: Option<Vec<f32>>,
+}
+
+impl Weights {
+    pub fn load(gpu: &Gpu, g: &GgufFile, cfg: &Config) -> Result<Weights> {
+        let matrix = |name: &str, rows: u32, cols: u32| -> Result<QMatrix> {
+            let t = g.require_tensor(name)?;
+            if t.rows_cols() != (rows as u64, cols as u64) {
+                return Err(Error::Model(format!(
+                    "tensor '{name}' has shape {:?}, expected [{cols}, {rows}]",
+                    t.dims
+                )));
+            }
+            QMatrix::upload(gpu, name, t.ty, rows, cols, g.tensor_bytes(t))
+        };
+        let vector = |name: &str, len: u32| -> Result<Buffer> {
+            let v = load_vector(g, name, len)?;
+            Ok(gpu.storage_init(name, bytemuck::cast_slice(&v))?)
+        };
+        let tok_embd = matrix("token_embd.weight", cfg.vocab, cfg.n_embd)?;
+        let mut layers = Vec::new();
+        for i in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            let (d, q, kv, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
+            layers.push(Layer {
+                attn_norm: vector(&n("attn_norm.weight"), d)?,
+                qkv: Linear::load(
+                    gpu,
+                    g,
+                    &[n("attn_q.weight"), n("attn_k.weight"), n("attn_v.weight")],
+                    &[n("attn_q.bias"), n("attn_k.bias"), n("attn_v.bias")],
+                    d,
+                    &[q, kv, kv],
+                )?,
+                o: Linear::load(
+                    gpu,
+                    g,
+                    &[n("attn_output.weight")],
+                    &[n("attn_output.bias")],
+                    q,
+                    &[d],
+                )?,
+                ffn_norm: vector(&n("ffn_norm.weight"), d)?,
+                gate_up: Linear::load(
+                    gpu,
+                    g,
+                    &[n("ffn_gate.weight"), n("ffn_up.weight")],
+                    &[],
+                    d,
+                    &[ff, ff],
+                )?,
+                down: Linear::load(gpu, g, &[n("ffn_down.weight")], &[], ff, &[d])?,
+            });
+        }
+        let output = match g.tensor("output.weight") {
+            Some(_) => Some(matrix("output.weight", cfg.vocab, cfg.n_embd)?),
+            None => None,
+        };
+        let rope_freqs = match g.tensor("rope_freqs.weight") {
+            Some(_) => Some(load_vector(g, "rope_freqs.weight", cfg.head_dim / 2)?),
+            None => None,
+        };
+        Ok(Weights {
+            tok_embd,
+            layers,
+            out_norm: vector("output_norm.weight", cfg.n_embd)?,
+            output,
+            rope_freqs,
+        })
+    }
+
+    pub fn gpu_bytes(&self) -> u64 {
+        self.tok_embd.gpu_bytes()
+            + self.output.as_ref().map(|m| m.gpu_bytes()).unwrap_or(0)
+            + self.out_norm.size
+            + self
+                .layers
+                .iter()
+                .map(|l| {
+                    l.attn_norm.size
+                        + l.ffn_norm.size
+                        + l.qkv.gpu_bytes()
+                        + l.o.gpu_bytes()
+                        + l.gate_up.gpu_bytes()
+                        + l.down.gpu_bytes()
+                })
+                .sum::<u64>()
+    }
+
+    fn head(&self) -> &QMatrix {
+        self.output.as_ref().unwrap_or(&self.tok_embd)
+    }
+}
+
+/// Options for loading a model.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// KV cache positions (clamped to the model's training context).
+    pub context: u32,
+    /// Tokens per forward dispatch during prefill (activations are sized for this many).
+    pub batch: u32,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            context: 2048,
+            batch: 128,
+        }
+    }
+}
+
+/// Which rows of logits a forward computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogitRows {
+    /// Only the last token's (generation).
+    Last,
+    /// Every token's (scoring, comparison with other engines).
+    All,
+}
+
+struct Activations {
+    tokens: Buffer,
+    h: Buffer,
+    xn: Buffer,
+    qkv: Buffer,
+    attn: Buffer,
+    gu: Buffer,
+    logits_last: Buffer,
+    logits_all: Option<Buffer>,
+}
+
+pub struct Llama {
+    pub gpu: Arc<Gpu>,
+    pub cfg: Config,
+    pub weights: Weights,
+    pub opts: ModelOptions,
+    k_cache: Vec<Buffer>,
+    v_cache: Vec<Buffer>,
+    rope: Buffer,
+    step: Buffer,
+    act: Activations,
+    plans: HashMap<(u32, LogitRows), Vec<Dispatch>>,
+    /// Tokens whose keys and values are in the cache.
+    pos: u32,
+}
+
+impl Llama {
+    pub fn load(gpu: Arc<Gpu>, g: &GgufFile, opts: ModelOptions) -> Result<Llama> {
+        let cfg = Config::from_gguf(g)?;
+        let weights = Weights::load(&gpu, g, &cfg)?;
+        Self::new(gpu, cfg, weights, opts)
+    }
+
+    pub fn new(
+        gpu: Arc<Gpu>,
+        cfg: Config,
+        weights: Weights,
+        mut opts: ModelOptions,
+    ) -> Result<Llama> {
+        opts.context = opts.context.clamp(1, cfg.ctx_train.max(1));
+        opts.batch = opts.batch.clamp(1, opts.context);
+        let (b, ctx) = (opts.batch as u64, opts.context as u64);
+        let kv_bytes = cfg.n_kv_head as u64 * ctx * cfg.head_dim as u64 * 4;
+        let mut k_cache = Vec::new();
+        let mut v_cache = Vec::new();
+        for _ in 0..cfg.n_layer {
+            k_cache.push(gpu.storage("k_cache", kv_bytes)?);
+            v_cache.push(gpu.storage("v_cache", kv_bytes)?);
+        }
+        let mut table = kernels::rope_table(cfg.head_dim, cfg.rope_theta, opts.context);
+        if let Some(f) = &weights.rope_freqs {
+            table = kernels::rope_table_scaled(cfg.head_dim, cfg.rope_theta, opts.context, f);
+        }
+        let rope = gpu.storage_init("rope", bytemuck::cast_slice(&table))?;
+        let step = gpu.buffer(
+            "step",
+            16,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let act = Activations {
+            tokens: gpu.storage("tokens", b * 4)?,
+            h: gpu.storage("h", b * cfg.n_embd as u64 * 4)?,
+            xn: gpu.storage("xn", b * cfg.n_embd as u64 * 4)?,
+            qkv: gpu.storage("qkv", b * (cfg.q_dim() + 2 * cfg.kv_dim()) as u64 * 4)?,
+            attn: gpu.storage("attn", b * cfg.q_dim() as u64 * 4)?,
+            gu: gpu.storage("gate_up", b * 2 * cfg.n_ff as u64 * 4)?,
+            logits_last: gpu.storage("logits", cfg.vocab as u64 * 4)?,
+            logits_all: None,
+        };
+        Ok(Llama {
+            gpu,
+            cfg,
+            weights,
+            opts,
+            k_cache,
+            v_cache,
+            rope,
+            step,
+            act,
+            plans: HashMap::new(),
+            pos: 0,
+        })
+    }
+
+    /// Tokens currently in the KV cache.
+    pub fn position(&self) -> u32 {
+        self.pos
+    }
+
+    /// Forgets cached positions from `pos` on (0 clears the cache).
+    pub fn truncate(&mut self, pos: u32) {
+        self.pos = self.pos.min(pos);
+    }
+
+    pub fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            n_head: self.cfg.n_head,
+            n_kv_head: self.cfg.n_kv_head,
+            head_dim: self.cfg.head_dim,
+            kv_cap: self.opts.context,
+            neox: self.cfg.rope_neox,
+        }
+    }
+
+    fn build_plan(&mut self, t: u32, rows: LogitRows) -> Result<Vec<Dispatch>> {
+        let gpu = self.gpu.clone();
+        let gpu = &*gpu;
+        let cfg = &self.cfg;
+        let a = &self.act;
+        let d = cfg.n_embd;
+        let qkv_dim = cfg.q_dim() + 2 * cfg.kv_dim();
+        let shape = self.attn_shape();
+        let mut plan = kernels::embed(gpu, &self.weights.tok_embd, &a.tokens, &a.h, t)?;
+        let mm = |x_stride: u32, y_stride: u32, swiglu: bool, acc: bool| MatmulShape {
+            t,
+            x_stride,
+            x_row0: 0,
+            y_stride,
+            y_col: 0,
+            swiglu_input: swiglu,
+            accumulate: acc,
+        };
+        for (i, l) in self.weights.layers.iter().enumerate() {
+            plan.push(kernels::rmsnorm(
+                gpu,
+                &a.h,
+                &l.attn_norm,
+                &a.xn,
+                d,
+                t,
+                0,
+                cfg.rms_eps,
+            )?);
+            plan.extend(
+                l.qkv
+                    .dispatch(gpu, &a.xn, &a.qkv, mm(d, qkv_dim, false, false))?,
+            );
+            plan.push(kernels::rope_kv(
+                gpu,
+                shape,
+                t,
+                &self.step,
+                &a.qkv,
+                &self.rope,
+                &self.k_cache[i],
+                &self.v_cache[i],
+            )?);
+            plan.push(kernels::attention(
+                gpu,
+                shape,
+                t,
+                &self.step,
+                &a.qkv,
+                &self.k_cache[i],
+                &self.v_cache[i],
+                &a.attn,
+            )?);
+            plan.extend(l.o.dispatch(gpu, &a.attn, &a.h, mm(cfg.q_dim(), d, false, true))?);
+            plan.push(kernels::rmsnorm(
+                gpu,
+                &a.h,
+                &l.ffn_norm,
+                &a.xn,
+                d,
+                t,
+                0,
+                cfg.rms_eps,
+            )?);
+            plan.extend(l.gate_up.dispatch(
+                gpu,
+                &a.xn,
+                &a.gu,
+                mm(d, 2 * cfg.n_ff, false, false),
+            )?);
+            plan.extend(
+                l.down
+                    .dispatch(gpu, &a.gu, &a.h, mm(2 * cfg.n_ff, d, true, true))?,
+            );
+        }
+        let (n_rows, row0, logits) = match rows {
+            LogitRows::Last => (1, t - 1, &a.logits_last),
+            LogitRows::All => (
+                t,
+                0,
+                a.logits_all.as_ref().expect("allocated before planning"),
+            ),
+        };
+        plan.push(kernels::rmsnorm(
+            gpu,
+            &a.h,
+            &self.weights.out_norm,
+            &a.xn,
+            d,
+            n_rows,
+            row0,
+            cfg.rms_eps,
+        )?);
+        plan.extend(kernels::matmul(
+            gpu,
+            self.weights.head(),
+            None,
+            &a.xn,
+            logits,
+            MatmulShape {
+                t: n_rows,
+                x_stride: d,
+                x_row0: 0,
+                y_stride: cfg.vocab,
+                y_col: 0,
+                swiglu_input: false,
+                accumulate: false,
+            },
+        )?);
+        Ok(plan)
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::Invalid("no tokens to run".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t >= self.cfg.vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.cfg.vocab
+            )));
+        }
+        if self.pos as usize + tokens.len() > self.opts.context as usize {
+            return Err(Error::Invalid(format!(
+                "context full: {} cached + {} new tokens exceed the context of {}",
+                self.pos,
+                tokens.len(),
+                self.opts.context
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs one batch (at most `opts.batch` tokens) at the cache position and submits it, with
+    /// `extra` recording follow-up work (sampling, a readback copy) into the same submit.
+    fn run_batch(
+        &mut self,
+        batch: &[u32],
+        rows: LogitRows,
+        extra: Option<&mut dyn FnMut(&mut wgpu::CommandEncoder) -> Result<()>>,
+    ) -> Result<()> {
+        let t = batch.len() as u32;
+        let key = (t, rows);
+        if !self.plans.contains_key(&key) {
+            // Plans hold bind groups only; a handful of batch sizes are live at a time.
+            if self.plans.len() >= 16 {
+                self.plans.clear();
+            }
+            let plan = self.build_plan(t, rows)?;
+            self.plans.insert(key, plan);
+        }
+        let gpu = self.gpu.clone();
+        gpu.queue
+            .write_buffer(&self.act.tokens, 0, bytemuck::cast_slice(batch));
+        let step = Step {
+            pos0: self.pos,
+            _pad: [0; 3],
+        };
+        gpu.queue
+            .write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for d in &self.plans[&key] {
+                d.encode(&gpu, &mut pass);
+            }
+        }
+        if let Some(extra) = extra {
+            extra(&mut enc)?;
+        }
+        gpu.submit(enc);
+        self.pos += t;
+        Ok(())
+    }
+
+    /// Runs `tokens` after what is cached; the last token's logits are left in
+    /// [`Llama::logits_buffer`], and `extra` is recorded into the last batch's submit.
+    pub fn forward_last(
+        &mut self,
+        tokens: &[u32],
+        mut extra: Option<&mut dyn FnMut(&mut wgpu::CommandEncoder) -> Result<()>>,
+    ) -> Result<()> {
+        self.check_tokens(tokens)?;
+        let batches: Vec<&[u32]> = tokens.chunks(self.opts.batch as usize).collect();
+        let n = batches.len();
+        for (i, batch) in batches.into_iter().enumerate() {
+            let e = if i + 1 == n { extra.take() } else { None };
+            self.run_batch(batch, LogitRows::Last, e)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` after what is cached and returns the logits of every one, `[T, vocab]`.
+    pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_tokens(tokens)?;
+        if self.act.logits_all.is_none() {
+            let bytes = self.opts.batch as u64 * self.cfg.vocab as u64 * 4;
+            self.act.logits_all = Some(self.gpu.storage("logits_all", bytes)?);
+        }
+        let mut out = Vec::with_capacity(tokens.len() * self.cfg.vocab as usize);
+        for batch in tokens.chunks(self.opts.batch as usize) {
+            self.run_batch(batch, LogitRows::All, None)?;
+            let buf = self.act.logits_all.as_ref().unwrap();
+            out.extend(
+                self.gpu
+                    .read_f32(buf, 0, batch.len() as u64 * self.cfg.vocab as u64)?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Where the last token's logits are after [`Llama::forward_last`].
+    pub fn logits_buffer(&self) -> &Buffer {
+        &self.act.logits_last
+    }
+}
