@@ -1,1 +1,53 @@
-fn main() {}
+//! Kernel throughput on the device wgpu picks: quantized mat-vec (decode, GB/s of weights
+//! read) and mat-mat (prefill, GFLOP/s), for the shapes of SmolLM2-135M.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lamina::gpu::{Gpu, GpuOptions};
+use lamina::kernels::{self, MatmulShape, QMatrix};
+use lamina::quant::{self, GgmlType};
+
+fn bench(c: &mut Criterion) {
+    let gpu = Gpu::new(GpuOptions::default()).expect("a GPU adapter");
+    eprintln!("device: {}", gpu.describe());
+    let mut group = c.benchmark_group("matmul");
+    group.sample_size(10);
+    group.measurement_time(std::time::Duration::from_secs(5));
+    let cases = [
+        (GgmlType::Q4_1, 1536u32, 576u32, 1u32),
+        (GgmlType::Q4_1, 576, 1536, 1),
+        (GgmlType::Q8_0, 49152, 576, 1),
+        (GgmlType::Q4_K, 1536, 1024, 1),
+        (GgmlType::Q4_1, 1536, 576, 128),
+    ];
+    for (ty, n, k, t) in cases {
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let m = QMatrix::upload(&gpu, "w", ty, n, k, &quant::quantize(ty, &w)).unwrap();
+        let x = gpu.storage("x", (t * k * 4) as u64).unwrap();
+        let y = gpu.storage("y", (t * n * 4) as u64).unwrap();
+        let shape = MatmulShape {
+            t,
+            x_stride: k,
+            x_row0: 0,
+            y_stride: n,
+            y_col: 0,
+            swiglu_input: false,
+            accumulate: false,
+        };
+        let d = kernels::matmul(&gpu, &m, None, &x, &y, shape).unwrap();
+        kernels::run(&gpu, &d).unwrap();
+        if t == 1 {
+            group.throughput(Throughput::Bytes(m.gpu_bytes()));
+        } else {
+            group.throughput(Throughput::Elements(2 * (n * k * t) as u64)); // flops
+        }
+        group.bench_function(format!("{ty:?}_{n}x{k}_t{t}"), |b| {
+            b.iter(|| kernels::run(&gpu, &d).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -49,98 +49,78 @@ fn k4_scale_min(b: u32, j: u32) -> vec2<f32> {
     return vec2<f32>(f32(sc), f32(mn));
 }
 
-// The 32 values of chunk `sub` of the block starting at word `b`, in element order.
-fn dequant32(b: u32, sub: u32) -> array<vec4<f32>, 8> {
-    var v: array<vec4<f32>, 8>;
+// Values 4i .. 4i+3 of chunk `sub` (32 values) of the block starting at word `b`.
+// Returning one vec4 (not the chunk as an array) keeps everything in registers on compilers
+// that do not promote local arrays (llvmpipe among them); the per-chunk scale loads repeat
+// but are common subexpressions once inlined and unrolled.
+fn dq4(b: u32, sub: u32, i: u32) -> vec4<f32> {
     switch WTYPE {
         case 0u: { // F32: 32 words per "block"
-            for (var i = 0u; i < 8u; i++) {
-                let o = b + 4u * i;
-                v[i] = bitcast<vec4<f32>>(vec4<u32>(W[o], W[o + 1u], W[o + 2u], W[o + 3u]));
-            }
+            let o = b + 4u * i;
+            return bitcast<vec4<f32>>(vec4<u32>(W[o], W[o + 1u], W[o + 2u], W[o + 3u]));
         }
         case 1u: { // F16: 16 words
-            for (var i = 0u; i < 8u; i++) {
-                v[i] = vec4<f32>(unpack2x16float(W[b + 2u * i]), unpack2x16float(W[b + 2u * i + 1u]));
-            }
+            return vec4<f32>(unpack2x16float(W[b + 2u * i]), unpack2x16float(W[b + 2u * i + 1u]));
         }
         case 2u: { // Q4_0: d | 4 words of nibbles (low = elements 0..15, high = 16..31)
             let d = unpack2x16float(W[b]).x;
-            for (var i = 0u; i < 4u; i++) {
-                let w = W[b + 1u + i];
-                v[i] = (nibbles_lo(w) - 8.0) * d;
-                v[i + 4u] = (nibbles_hi(w) - 8.0) * d;
+            let w = W[b + 1u + (i & 3u)];
+            if (i < 4u) {
+                return (nibbles_lo(w) - 8.0) * d;
             }
+            return (nibbles_hi(w) - 8.0) * d;
         }
         case 3u: { // Q4_1: d, m | nibbles
             let dm = unpack2x16float(W[b]);
-            for (var i = 0u; i < 4u; i++) {
-                let w = W[b + 1u + i];
-                v[i] = nibbles_lo(w) * dm.x + dm.y;
-                v[i + 4u] = nibbles_hi(w) * dm.x + dm.y;
+            let w = W[b + 1u + (i & 3u)];
+            if (i < 4u) {
+                return nibbles_lo(w) * dm.x + dm.y;
             }
+            return nibbles_hi(w) * dm.x + dm.y;
         }
         case 6u: { // Q5_0: d | qh (bit j = 5th bit of element j) | nibbles
             let d = unpack2x16float(W[b]).x;
             let qh = W[b + 1u];
-            for (var i = 0u; i < 4u; i++) {
-                let w = W[b + 2u + i];
-                let sh = vec4<u32>(0u, 1u, 2u, 3u) + 4u * i;
-                let h0 = vec4<f32>(((vec4<u32>(qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
-                let h1 = vec4<f32>(((vec4<u32>(qh) >> (sh + 16u)) & vec4<u32>(1u)) << vec4<u32>(4u));
-                v[i] = (nibbles_lo(w) + h0 - 16.0) * d;
-                v[i + 4u] = (nibbles_hi(w) + h1 - 16.0) * d;
+            let w = W[b + 2u + (i & 3u)];
+            let sh = vec4<u32>(0u, 1u, 2u, 3u) + 4u * i;
+            let h = vec4<f32>(((vec4<u32>(qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
+            if (i < 4u) {
+                return (nibbles_lo(w) + h - 16.0) * d;
             }
+            return (nibbles_hi(w) + h - 16.0) * d;
         }
         case 8u: { // Q8_0: d | 8 words of int8
-            let d = unpack2x16float(W[b]).x;
-            for (var i = 0u; i < 8u; i++) {
-                v[i] = bytes_i8(W[b + 1u + i]) * d;
-            }
+            return bytes_i8(W[b + 1u + i]) * unpack2x16float(W[b]).x;
         }
         case 12u: { // Q4_K: d, dmin | 3 words of packed 6-bit scales | 32 words of nibbles
             let dm = unpack2x16float(W[b]);
             let sm = k4_scale_min(b, sub);
-            let scale = dm.x * sm.x;
-            let minv = dm.y * sm.y;
-            let q = b + 4u + 8u * (sub / 2u);
-            let hi = (sub & 1u) == 1u;
-            for (var i = 0u; i < 8u; i++) {
-                let w = W[q + i];
-                var n = nibbles_lo(w);
-                if (hi) {
-                    n = nibbles_hi(w);
-                }
-                v[i] = n * scale - minv;
+            let w = W[b + 4u + 8u * (sub / 2u) + i];
+            var n = nibbles_lo(w);
+            if ((sub & 1u) == 1u) {
+                n = nibbles_hi(w);
             }
+            return n * (dm.x * sm.x) - dm.y * sm.y;
         }
         case 14u: { // Q6_K: d | ql (32 words) | qh (16 words) | int8 scales (4 words)
             let d = unpack2x16float(W[b]).x;
             let h = sub / 4u;
             let k = sub % 4u;
-            let ql = b + 1u + 16u * h + 8u * (k & 1u);
-            let qh = b + 33u + 8u * h;
             let sw = W[b + 49u + 2u * h + (k / 2u)];
             // Scales h*8 + 2k + (0 | 1): the two 16-element halves of this chunk.
-            let s_lo = f32((bitcast<i32>(sw << (24u - 16u * (k & 1u))) >> 24u));
-            let s_hi = f32((bitcast<i32>(sw << (16u - 16u * (k & 1u))) >> 24u));
-            for (var i = 0u; i < 8u; i++) {
-                let lw = W[ql + i];
-                var lo = nibbles_lo(lw);
-                if (k >= 2u) {
-                    lo = nibbles_hi(lw);
-                }
-                let hw = W[qh + i] >> (2u * k);
-                let hb = vec4<f32>(vec4<u32>(hw, hw >> 8u, hw >> 16u, hw >> 24u) & vec4<u32>(3u));
-                let q = lo + hb * 16.0 - 32.0;
-                var s = s_lo;
-                if (i >= 4u) {
-                    s = s_hi;
-                }
-                v[i] = q * (d * s);
+            let shift = 24u - 16u * (k & 1u) - 8u * (i / 4u);
+            let s = f32(bitcast<i32>(sw << shift) >> 24u);
+            let lw = W[b + 1u + 16u * h + 8u * (k & 1u) + i];
+            var lo = nibbles_lo(lw);
+            if (k >= 2u) {
+                lo = nibbles_hi(lw);
             }
+            let hw = W[b + 33u + 8u * h + i] >> (2u * k);
+            let hb = vec4<f32>(vec4<u32>(hw, hw >> 8u, hw >> 16u, hw >> 24u) & vec4<u32>(3u));
+            return (lo + hb * 16.0 - 32.0) * (d * s);
         }
-        default: {}
+        default: {
+            return vec4<f32>(0.0);
+        }
     }
-    return v;
 }

@@ -31,9 +31,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let row = (tok - p.row0) * (chunks / SUBS) * BLOCK_WORDS;
-    let v = dequant32(row + (c / SUBS) * BLOCK_WORDS, c % SUBS);
+    let b = row + (c / SUBS) * BLOCK_WORDS;
     let o = t * (p.d / 4u) + c * 8u;
     for (var i = 0u; i < 8u; i++) {
-        Y[o + i] = v[i];
+        Y[o + i] = dq4(b, c % SUBS, i);
     }
 }

@@ -44,15 +44,16 @@ fn load_x(t: u32, k4: u32) -> vec4<f32> {
     return X[i];
 }
 
-// Adds this chunk's contribution for every token of the block to acc.
-fn chunk_dot(w: array<vec4<f32>, 8>, k4: u32, t0: u32, acc: ptr<function, array<f32, MAX_TB>>) {
-    for (var tb = 0u; tb < TB; tb++) {
-        let t = min(t0 + tb, p.t - 1u);
-        var s = 0.0;
-        for (var i = 0u; i < 8u; i++) {
-            s += dot(w[i], load_x(t, k4 + i));
+// Adds chunk c of row `row` times X for every token of the block to acc.
+fn chunk_dot(row: u32, c: u32, t0: u32, acc: ptr<function, array<f32, MAX_TB>>) {
+    let b = row + (c / SUBS) * BLOCK_WORDS;
+    let sub = c % SUBS;
+    for (var i = 0u; i < 8u; i++) {
+        let w = dq4(b, sub, i);
+        for (var tb = 0u; tb < TB; tb++) {
+            let t = min(t0 + tb, p.t - 1u);
+            (*acc)[tb] += dot(w, load_x(t, c * 8u + i));
         }
-        (*acc)[tb] += s;
     }
 }
 
@@ -91,8 +92,7 @@ fn main(
     let row = n * (chunks / SUBS) * BLOCK_WORDS;
     var acc: array<f32, MAX_TB>;
     for (var c = lane; c < chunks; c += sg_size) {
-        let w = dequant32(row + (c / SUBS) * BLOCK_WORDS, c % SUBS);
-        chunk_dot(w, c * 8u, t0, &acc);
+        chunk_dot(row, c, t0, &acc);
     }
     for (var tb = 0u; tb < TB; tb++) {
         acc[tb] = subgroupAdd(acc[tb]);
@@ -103,19 +103,24 @@ fn main(
 }
 #else
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let n = gid.x + gid.y * nwg.x * 64u;
-    if (n >= p.n) {
-        return;
-    }
-    let t0 = gid.z * TB;
+fn main(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    // No early return: with every lane active, software devices (llvmpipe) see that the X
+    // loads are the same for all lanes and do one load instead of a per-lane gather.
+    let n_raw = gid.x + gid.y * nwg.x * 64u;
+    let n = min(n_raw, p.n - 1u);
+    let t0 = wid.z * TB;
     let chunks = p.k / 32u;
     let row = n * (chunks / SUBS) * BLOCK_WORDS;
     var acc: array<f32, MAX_TB>;
     for (var c = 0u; c < chunks; c++) {
-        let w = dequant32(row + (c / SUBS) * BLOCK_WORDS, c % SUBS);
-        chunk_dot(w, c * 8u, t0, &acc);
+        chunk_dot(row, c, t0, &acc);
     }
-    store(n, t0, acc);
+    if (n_raw < p.n) {
+        store(n, t0, acc);
+    }
 }
 #endif

@@ -24,6 +24,11 @@ impl Dispatch {
     pub fn encode(&self, gpu: &Gpu, pass: &mut wgpu::ComputePass<'_>) {
         gpu.dispatch(pass, &self.pipeline, &self.bind_group, self.groups);
     }
+
+    /// The kernel's parameter buffer, for kernels whose parameters change between replays.
+    pub fn uniform(&self) -> &wgpu::Buffer {
+        &self._uniform
+    }
 }
 
 /// Encodes `dispatches` in one compute pass, submits, and waits.
@@ -92,7 +97,7 @@ impl QMatrix {
                 source: quant::UnsupportedType(ty),
             });
         }
-        if cols as usize % ty.gpu_block_elems() != 0 {
+        if !(cols as usize).is_multiple_of(ty.gpu_block_elems()) {
             return Err(err(format!(
                 "row length {cols} is not a multiple of {}",
                 ty.gpu_block_elems()
@@ -237,6 +242,7 @@ struct RmsParams {
 }
 
 /// `Y[t] = rmsnorm(X[x_row0 + t]) * g` for `t < rows`.
+#[allow(clippy::too_many_arguments)]
 pub fn rmsnorm(
     gpu: &Gpu,
     x: &Buffer,
@@ -418,6 +424,7 @@ struct AttnParams {
 }
 
 /// Causal attention of `t` queries (at positions `step.pos0 ..`) over the cache.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     gpu: &Gpu,
     a: AttnShape,

@@ -3,8 +3,10 @@
 //! Data path: [`gguf`] file -> [`model::Weights`] on the GPU (still quantized) ->
 //! [`model::Llama`] forward -> logits -> [`generate::Session`] sampling.
 
+pub mod engine;
 pub mod error;
 pub mod fetch;
+pub mod generate;
 pub mod gguf;
 pub mod gpu;
 pub mod kernels;

@@ -86,19 +86,19 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Model(m));
-        if self.n_head == 0 || self.n_kv_head == 0 || self.n_head % self.n_kv_head != 0 {
+        if self.n_head == 0 || self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
             return bad(format!(
                 "{} heads cannot share {} kv heads",
                 self.n_head, self.n_kv_head
             ));
         }
-        if self.head_dim % 4 != 0 || self.head_dim > 128 || self.head_dim == 0 {
+        if !self.head_dim.is_multiple_of(4) || self.head_dim > 128 || self.head_dim == 0 {
             return bad(format!(
                 "head dim {} (multiple of 4, at most 128)",
                 self.head_dim
             ));
         }
-        if self.n_embd % 32 != 0 || self.n_ff % 32 != 0 {
+        if !self.n_embd.is_multiple_of(32) || !self.n_ff.is_multiple_of(32) {
             return bad(format!(
                 "embedding {} and feed-forward {} must be multiples of 32",
                 self.n_embd, self.n_ff
@@ -348,6 +348,9 @@ impl Default for ModelOptions {
         }
     }
 }
+
+/// Extra work recorded into a forward's submit (sampling kernels, readback copies).
+pub type RecordFn<'a> = dyn FnMut(&mut wgpu::CommandEncoder) -> Result<()> + 'a;
 
 /// Which rows of logits a forward computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -601,7 +604,7 @@ impl Llama {
         &mut self,
         batch: &[u32],
         rows: LogitRows,
-        extra: Option<&mut dyn FnMut(&mut wgpu::CommandEncoder) -> Result<()>>,
+        extra: Option<&mut RecordFn<'_>>,
     ) -> Result<()> {
         let t = batch.len() as u32;
         let key = (t, rows);
@@ -642,7 +645,7 @@ impl Llama {
     pub fn forward_last(
         &mut self,
         tokens: &[u32],
-        mut extra: Option<&mut dyn FnMut(&mut wgpu::CommandEncoder) -> Result<()>>,
+        mut extra: Option<&mut RecordFn<'_>>,
     ) -> Result<()> {
         self.check_tokens(tokens)?;
         let batches: Vec<&[u32]> = tokens.chunks(self.opts.batch as usize).collect();

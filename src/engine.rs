@@ -1,0 +1,124 @@
+//! `Engine`: a model file opened on the GPU with its tokenizer, the one object apps, the
+//! command line and the bindings start from.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::generate::{GenerateParams, Generation, Session};
+use crate::gguf::GgufFile;
+use crate::gpu::{Gpu, GpuOptions};
+use crate::model::{Llama, ModelOptions};
+use crate::tokenizer::{ChatMessage, Tokenizer};
+
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    pub gpu: GpuOptions,
+    pub model: ModelOptions,
+}
+
+pub struct Engine {
+    pub path: PathBuf,
+    pub gguf: GgufFile,
+    pub tokenizer: Tokenizer,
+    pub model: Llama,
+    pub load_secs: f64,
+}
+
+impl Engine {
+    /// Opens `path`, or the default model (fetched and cached on first use) when `None`.
+    pub fn load(path: Option<&Path>, opts: EngineOptions) -> Result<Engine> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => crate::fetch::default_model()?,
+        };
+        let start = Instant::now();
+        let gguf = GgufFile::open(&path)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let gpu = Gpu::new(opts.gpu)?;
+        let model = Llama::load(gpu, &gguf, opts.model)?;
+        Ok(Engine {
+            path,
+            gguf,
+            tokenizer,
+            model,
+            load_secs: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.model.gpu
+    }
+}
+
+impl Engine {
+    /// One line with the figures users compare engines by.
+    pub fn report(&self, g: &Generation) -> String {
+        let c = self.gpu().counters.snapshot();
+        let t = &g.timings;
+        format!(
+            "load {:.2} s | prefill {} tok in {:.3} s ({:.1} tok/s) | decode {} tok in {:.3} s ({:.1} tok/s) | peak GPU memory {:.1} MiB (weights {:.1} MiB) | stop: {:?}",
+            self.load_secs,
+            t.prefill_tokens,
+            t.prefill_secs,
+            t.prefill_tok_s(),
+            t.decode_tokens,
+            t.decode_secs,
+            t.decode_tok_s(),
+            c.peak_bytes as f64 / (1 << 20) as f64,
+            self.model.weights.gpu_bytes() as f64 / (1 << 20) as f64,
+            g.stop_reason,
+        )
+    }
+}
+
+/// A streaming callback that prints to standard output as text arrives.
+pub fn stream_to_stdout() -> impl FnMut(&str) -> bool {
+    |s: &str| {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(s.as_bytes());
+        let _ = out.flush();
+        true
+    }
+}
+
+/// Interactive chat: reads user turns from `input` until an empty line or end of input,
+/// streams the answers to stdout. The KV cache is kept between turns, so each turn runs only
+/// its new tokens.
+pub fn chat_repl(
+    model: &mut Llama,
+    tokenizer: &Tokenizer,
+    system: Option<String>,
+    params: &GenerateParams,
+    input: &mut dyn BufRead,
+) -> Result<()> {
+    let mut messages: Vec<ChatMessage> = system
+        .into_iter()
+        .map(|s| ChatMessage::new("system", s))
+        .collect();
+    let mut session = Session::new(model, tokenizer)?;
+    eprintln!("chat: type a message; an empty line or end of input quits");
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if input.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        messages.push(ChatMessage::new("user", line.trim_end()));
+        let prompt = tokenizer.apply_chat_template(&messages, true)?;
+        let g = session.generate(&prompt, params, &mut stream_to_stdout())?;
+        println!();
+        let t = &g.timings;
+        eprintln!(
+            "[{} prompt tokens ({} new) at {:.1} tok/s, {} tokens at {:.1} tok/s]",
+            t.prompt_tokens,
+            t.prefill_tokens,
+            t.prefill_tok_s(),
+            t.decode_tokens,
+            t.decode_tok_s()
+        );
+        messages.push(ChatMessage::new("assistant", g.text));
+    }
+}
