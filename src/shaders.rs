@@ -157,6 +157,6 @@ mod tests {
         .unwrap();
         let off = source("matmul", &Flags::default()).unwrap();
         assert!(on.contains("subgroup_id)") && !off.contains("subgroup_id)"));
-        assert!(on.contains("fn dequant32") && off.contains("fn dequant32"));
+        assert!(on.contains("fn dq4") && off.contains("fn dq4"));
     }
 }
