@@ -12,10 +12,13 @@
 override BLOCK_WORDS: u32;
 override SUBS: u32;            // 32-element chunks per block (1, or 8 for k-quants)
 override TB: u32 = 1u;         // tokens per invocation, at most MAX_TB
+override RB: u32 = 1u;         // rows per invocation (per subgroup), at most MAX_RB
 override SWIGLU_INPUT: bool = false;
 override ACCUMULATE: bool = false;
 override HAS_BIAS: bool = false;
 const MAX_TB: u32 = 8u;
+const MAX_RB: u32 = 4u;
+const MAX_ACC: u32 = 32u;      // MAX_TB * MAX_RB
 
 struct Params {
     k: u32,          // row length
@@ -44,33 +47,48 @@ fn load_x(t: u32, k4: u32) -> vec4<f32> {
     return X[i];
 }
 
-// Adds chunk c of row `row` times X for every token of the block to acc.
-fn chunk_dot(row: u32, c: u32, t0: u32, acc: ptr<function, array<f32, MAX_TB>>) {
-    let b = row + (c / SUBS) * BLOCK_WORDS;
+// Adds chunk c (32 values) of RB consecutive rows starting at n0, times X, for every token
+// of the block to acc[r * MAX_TB + tb]. Each X vec4 is loaded once for all RB rows and each
+// weight vec4 once for all TB tokens: loads are what software devices pay for most.
+fn chunk_dot(n0: u32, c: u32, t0: u32, acc: ptr<function, array<f32, MAX_ACC>>) {
+    let row_words = (p.k / 32u / SUBS) * BLOCK_WORDS;
+    let blk = (c / SUBS) * BLOCK_WORDS;
     let sub = c % SUBS;
     for (var i = 0u; i < 8u; i++) {
-        let w = dq4(b, sub, i);
+        var xs: array<vec4<f32>, MAX_TB>;
         for (var tb = 0u; tb < TB; tb++) {
-            let t = min(t0 + tb, p.t - 1u);
-            (*acc)[tb] += dot(w, load_x(t, c * 8u + i));
+            xs[tb] = load_x(min(t0 + tb, p.t - 1u), c * 8u + i);
+        }
+        for (var r = 0u; r < RB; r++) {
+            let n = min(n0 + r, p.n - 1u);
+            let w = dq4(n * row_words + blk, sub, i);
+            for (var tb = 0u; tb < TB; tb++) {
+                (*acc)[r * MAX_TB + tb] += dot(w, xs[tb]);
+            }
         }
     }
 }
 
-fn store(n: u32, t0: u32, acc: array<f32, MAX_TB>) {
-    var bias = 0.0;
-    if (HAS_BIAS) {
-        bias = BIAS[p.y_col + n];
-    }
-    for (var tb = 0u; tb < TB; tb++) {
-        let t = t0 + tb;
-        if (t < p.t) {
-            let idx = t * p.y_stride + p.y_col + n;
-            var v = acc[tb] + bias;
-            if (ACCUMULATE) {
-                v += Y[idx];
+fn store(n0: u32, t0: u32, acc: array<f32, MAX_ACC>) {
+    for (var r = 0u; r < RB; r++) {
+        let n = n0 + r;
+        if (n >= p.n) {
+            break;
+        }
+        var bias = 0.0;
+        if (HAS_BIAS) {
+            bias = BIAS[p.y_col + n];
+        }
+        for (var tb = 0u; tb < TB; tb++) {
+            let t = t0 + tb;
+            if (t < p.t) {
+                let idx = t * p.y_stride + p.y_col + n;
+                var v = acc[r * MAX_TB + tb] + bias;
+                if (ACCUMULATE) {
+                    v += Y[idx];
+                }
+                Y[idx] = v;
             }
-            Y[idx] = v;
         }
     }
 }
@@ -84,21 +102,22 @@ fn main(
     @builtin(subgroup_size) sg_size: u32,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let rows_per_group = 64u / sg_size;
-    let n_raw = (wid.x + wid.y * nwg.x) * rows_per_group + sg_id;
-    let n = min(n_raw, p.n - 1u);
+    // Each subgroup owns RB rows; its lanes split the chunks and add up with subgroupAdd.
+    let groups_per_wg = 64u / sg_size;
+    let n0 = ((wid.x + wid.y * nwg.x) * groups_per_wg + sg_id) * RB;
     let t0 = wid.z * TB;
     let chunks = p.k / 32u;
-    let row = n * (chunks / SUBS) * BLOCK_WORDS;
-    var acc: array<f32, MAX_TB>;
+    var acc: array<f32, MAX_ACC>;
     for (var c = lane; c < chunks; c += sg_size) {
-        chunk_dot(row, c, t0, &acc);
+        chunk_dot(n0, c, t0, &acc);
     }
-    for (var tb = 0u; tb < TB; tb++) {
-        acc[tb] = subgroupAdd(acc[tb]);
+    for (var r = 0u; r < RB; r++) {
+        for (var tb = 0u; tb < TB; tb++) {
+            acc[r * MAX_TB + tb] = subgroupAdd(acc[r * MAX_TB + tb]);
+        }
     }
-    if (lane == 0u && n_raw < p.n) {
-        store(n, t0, acc);
+    if (lane == 0u && n0 < p.n) {
+        store(n0, t0, acc);
     }
 }
 #else
@@ -108,19 +127,16 @@ fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    // No early return: with every lane active, software devices (llvmpipe) see that the X
-    // loads are the same for all lanes and do one load instead of a per-lane gather.
-    let n_raw = gid.x + gid.y * nwg.x * 64u;
-    let n = min(n_raw, p.n - 1u);
+    // Each invocation owns RB rows.
+    let n0 = (gid.x + gid.y * nwg.x * 64u) * RB;
     let t0 = wid.z * TB;
     let chunks = p.k / 32u;
-    let row = n * (chunks / SUBS) * BLOCK_WORDS;
-    var acc: array<f32, MAX_TB>;
+    var acc: array<f32, MAX_ACC>;
     for (var c = 0u; c < chunks; c++) {
-        chunk_dot(row, c, t0, &acc);
+        chunk_dot(n0, c, t0, &acc);
     }
-    if (n_raw < p.n) {
-        store(n, t0, acc);
+    if (n0 < p.n) {
+        store(n0, t0, acc);
     }
 }
 #endif

@@ -183,6 +183,8 @@ pub struct MatmulShape {
 
 /// Tokens one invocation handles: weights are dequantized once per this many tokens.
 pub const MATMUL_TB: u32 = 8;
+/// Rows one invocation (or subgroup) handles: inputs are loaded once per this many rows.
+pub const MATMUL_RB: u32 = 4;
 
 /// `Y[t, y_col + n] (+)= X[t] . W[n] (+ bias[y_col + n])`.
 pub fn matmul(
@@ -197,15 +199,17 @@ pub fn matmul(
     let mut constants = w.constants();
     constants.extend([
         ("TB", tb as u64),
+        ("RB", MATMUL_RB as u64),
         ("SWIGLU_INPUT", s.swiglu_input as u64),
         ("ACCUMULATE", s.accumulate as u64),
         ("HAS_BIAS", bias.is_some() as u64),
     ]);
-    let rows_per_group = if gpu.subgroups {
-        64 / gpu.info.subgroup_max_size.clamp(1, 64)
-    } else {
-        64
-    };
+    let rows_per_group = MATMUL_RB
+        * if gpu.subgroups {
+            64 / gpu.info.subgroup_max_size.clamp(1, 64)
+        } else {
+            64
+        };
     let mut out = Vec::new();
     for piece in &w.pieces {
         let params = MatmulParams {
