@@ -12,13 +12,12 @@
 override BLOCK_WORDS: u32;
 override SUBS: u32;            // 32-element chunks per block (1, or 8 for k-quants)
 override TB: u32 = 1u;         // tokens per invocation, at most MAX_TB
-override RB: u32 = 1u;         // rows per invocation (per subgroup), at most MAX_RB
+override RB: u32 = 1u;         // rows per invocation (per subgroup); TB * RB <= MAX_ACC
 override SWIGLU_INPUT: bool = false;
 override ACCUMULATE: bool = false;
 override HAS_BIAS: bool = false;
 const MAX_TB: u32 = 8u;
-const MAX_RB: u32 = 4u;
-const MAX_ACC: u32 = 32u;      // MAX_TB * MAX_RB
+const MAX_ACC: u32 = 32u;      // at least TB * RB
 
 struct Params {
     k: u32,          // row length
@@ -48,7 +47,7 @@ fn load_x(t: u32, k4: u32) -> vec4<f32> {
 }
 
 // Adds chunk c (32 values) of RB consecutive rows starting at n0, times X, for every token
-// of the block to acc[r * MAX_TB + tb]. Each X vec4 is loaded once for all RB rows and each
+// of the block to acc[r * TB + tb]. Each X vec4 is loaded once for all RB rows and each
 // weight vec4 once for all TB tokens: loads are what software devices pay for most.
 fn chunk_dot(n0: u32, c: u32, t0: u32, acc: ptr<function, array<f32, MAX_ACC>>) {
     let row_words = (p.k / 32u / SUBS) * BLOCK_WORDS;
@@ -63,7 +62,7 @@ fn chunk_dot(n0: u32, c: u32, t0: u32, acc: ptr<function, array<f32, MAX_ACC>>) 
             let n = min(n0 + r, p.n - 1u);
             let w = dq4(n * row_words + blk, sub, i);
             for (var tb = 0u; tb < TB; tb++) {
-                (*acc)[r * MAX_TB + tb] += dot(w, xs[tb]);
+                (*acc)[r * TB + tb] += dot(w, xs[tb]);
             }
         }
     }
@@ -83,7 +82,7 @@ fn store(n0: u32, t0: u32, acc: array<f32, MAX_ACC>) {
             let t = t0 + tb;
             if (t < p.t) {
                 let idx = t * p.y_stride + p.y_col + n;
-                var v = acc[r * MAX_TB + tb] + bias;
+                var v = acc[r * TB + tb] + bias;
                 if (ACCUMULATE) {
                     v += Y[idx];
                 }
@@ -113,7 +112,7 @@ fn main(
     }
     for (var r = 0u; r < RB; r++) {
         for (var tb = 0u; tb < TB; tb++) {
-            acc[r * MAX_TB + tb] = subgroupAdd(acc[r * MAX_TB + tb]);
+            acc[r * TB + tb] = subgroupAdd(acc[r * TB + tb]);
         }
     }
     if (lane == 0u && n0 < p.n) {

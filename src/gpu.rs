@@ -331,20 +331,12 @@ impl Gpu {
                 detail,
             })?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let checks = wgpu::ShaderRuntimeChecks {
-            bounds_checks: std::env::var("LAMINA_NO_BOUNDS").is_err(),
-            force_loop_bounding: std::env::var("LAMINA_LOOP_BOUND").is_ok(),
-            ..wgpu::ShaderRuntimeChecks::checked()
-        };
-        let module = unsafe {
-            self.device.create_shader_module_trusted(
-                wgpu::ShaderModuleDescriptor {
-                    label: Some(kernel),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
-                },
-                checks,
-            )
-        };
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
         let consts: Vec<(&str, f64)> = constants.iter().map(|&(k, v)| (k, v as f64)).collect();
         let pipeline = self
             .device
