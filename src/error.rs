@@ -23,8 +23,6 @@ pub enum Error {
     File { path: PathBuf, detail: String },
     #[error("invalid argument: {0}")]
     Invalid(String),
-    #[error("cancelled")]
-    Cancelled,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -13,8 +13,6 @@ pub enum GpuError {
     NoAdapter(String),
     #[error("cannot open device on '{adapter}': {detail}")]
     Device { adapter: String, detail: String },
-    #[error("device '{adapter}' lacks {what}")]
-    MissingFeature { adapter: String, what: String },
     #[error("shader '{kernel}' failed: {detail}")]
     Shader { kernel: String, detail: String },
     #[error("GPU out of memory allocating {bytes} bytes for {label}: {detail}")]
@@ -72,11 +70,6 @@ impl Counters {
             bytes_in_use: self.bytes_in_use.load(Ordering::Relaxed),
             peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
         }
-    }
-    /// Restarts the peak at what is in use now (to measure one phase's peak).
-    pub fn reset_peak(&self) {
-        self.peak_bytes
-            .store(self.bytes_in_use.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -225,12 +218,6 @@ impl Gpu {
             self.info.subgroup_min_size,
             self.info.subgroup_max_size,
         )
-    }
-
-    /// The smallest subgroup the device may run (kernels that give each subgroup a row size
-    /// their grid for it and skip rows past the end).
-    pub fn min_subgroup_size(&self) -> u32 {
-        self.info.subgroup_min_size.max(1)
     }
 
     /// Returns (and clears) an error the device reported outside any scope.

@@ -410,10 +410,8 @@ impl Llama {
             k_cache.push(gpu.storage("k_cache", kv_bytes)?);
             v_cache.push(gpu.storage("v_cache", kv_bytes)?);
         }
-        let mut table = kernels::rope_table(cfg.head_dim, cfg.rope_theta, opts.context);
-        if let Some(f) = &weights.rope_freqs {
-            table = kernels::rope_table_scaled(cfg.head_dim, cfg.rope_theta, opts.context, f);
-        }
+        let factors = weights.rope_freqs.as_deref().unwrap_or(&[]);
+        let table = kernels::rope_table_scaled(cfg.head_dim, cfg.rope_theta, opts.context, factors);
         let rope = gpu.storage_init("rope", bytemuck::cast_slice(&table))?;
         let step = gpu.buffer(
             "step",
