@@ -1,3 +1,5 @@
+#include kv_type
+
 // Causal grouped-query attention over the KV cache, one invocation per (token, head), with an
 // online softmax (running max and sum) so scores are never stored. No barriers, no shared
 // memory: on software devices those cost more than they save.
@@ -25,8 +27,8 @@ struct Step {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> QKV: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> KC: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> VC: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> KC: array<vec4<kv_t>>;
+@group(0) @binding(4) var<storage, read> VC: array<vec4<kv_t>>;
 @group(0) @binding(5) var<storage, read_write> OUT: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
@@ -51,7 +53,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let ko = base + j * HD4;
         var s4 = vec4<f32>(0.0);
         for (var i = 0u; i < HD4; i++) {
-            s4 += q[i] * KC[ko + i];
+            s4 += q[i] * vec4<f32>(KC[ko + i]);
         }
         let s = s4.x + s4.y + s4.z + s4.w;
         let m_new = max(m, s);
@@ -59,7 +61,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let e = exp(s - m_new);
         l = l * corr + e;
         for (var i = 0u; i < HD4; i++) {
-            acc[i] = acc[i] * corr + e * VC[ko + i];
+            acc[i] = acc[i] * corr + e * vec4<f32>(VC[ko + i]);
         }
         m = m_new;
     }

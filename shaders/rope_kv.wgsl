@@ -1,3 +1,5 @@
+#include kv_type
+
 // Rotary position embedding of q and k in the fused QKV rows, and the append of k and v to
 // the KV cache. One invocation per (token, head, rotation pair). cos/sin come from a table the
 // CPU fills in f32 exactly as the reference does (GPU sin/cos are approximate at large angles).
@@ -28,8 +30,8 @@ struct Step {
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read_write> QKV: array<f32>;
 @group(0) @binding(3) var<storage, read> ROPE: array<vec2<f32>>;   // [pos][pair] (cos, sin)
-@group(0) @binding(4) var<storage, read_write> KC: array<f32>;
-@group(0) @binding(5) var<storage, read_write> VC: array<f32>;
+@group(0) @binding(4) var<storage, read_write> KC: array<kv_t>;
+@group(0) @binding(5) var<storage, read_write> VC: array<kv_t>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -62,10 +64,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     } else {
         let kvh = slot - p.n_head;
         let c = (kvh * p.kv_cap + pos) * p.head_dim;
-        KC[c + a] = r0;
-        KC[c + b] = r1;
+        KC[c + a] = kv_t(r0);
+        KC[c + b] = kv_t(r1);
         let v = row + (p.n_head + p.n_kv_head + kvh) * p.head_dim;
-        VC[c + a] = QKV[v + a];
-        VC[c + b] = QKV[v + b];
+        VC[c + a] = kv_t(QKV[v + a]);
+        VC[c + b] = kv_t(QKV[v + b]);
     }
 }

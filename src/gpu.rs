@@ -99,6 +99,7 @@ impl Drop for Buffer {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PipelineKey {
     kernel: &'static str,
+    flags: shaders::Flags,
     constants: Vec<(&'static str, u64)>,
 }
 
@@ -299,24 +300,35 @@ impl Gpu {
         Ok(b)
     }
 
-    /// A compiled kernel, built once per set of override constants.
+    /// A compiled kernel variant, built once per set of flags and override constants.
+    /// `flags` may only ask for features the device has on ([`Gpu::shader_flags`]).
     pub fn pipeline(
         &self,
         kernel: &'static str,
+        flags: shaders::Flags,
         constants: &[(&'static str, u64)],
     ) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
+        if (flags.f16 && !self.f16) || (flags.subgroups && !self.subgroups) {
+            return Err(GpuError::Shader {
+                kernel: kernel.into(),
+                detail: format!(
+                    "{flags:?} asks for features the device has off: {}",
+                    self.describe()
+                ),
+            });
+        }
         let key = PipelineKey {
             kernel,
+            flags,
             constants: constants.to_vec(),
         };
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
-        let source =
-            shaders::source(kernel, &self.shader_flags()).map_err(|detail| GpuError::Shader {
-                kernel: kernel.into(),
-                detail,
-            })?;
+        let source = shaders::source(kernel, &flags).map_err(|detail| GpuError::Shader {
+            kernel: kernel.into(),
+            detail,
+        })?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device

@@ -11,6 +11,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid, Buffer, Gpu, GpuError};
 use crate::quant::{self, GgmlType};
+use crate::shaders::Flags;
 
 /// One recorded kernel launch.
 pub struct Dispatch {
@@ -52,7 +53,27 @@ fn dispatch<P: Pod>(
     buffers: &[&wgpu::Buffer],
     groups: [u32; 3],
 ) -> Result<Dispatch, GpuError> {
-    let pipeline = gpu.pipeline(kernel, constants)?;
+    dispatch_flags(
+        gpu,
+        kernel,
+        gpu.shader_flags(),
+        constants,
+        params,
+        buffers,
+        groups,
+    )
+}
+
+fn dispatch_flags<P: Pod>(
+    gpu: &Gpu,
+    kernel: &'static str,
+    flags: Flags,
+    constants: &[(&'static str, u64)],
+    params: &P,
+    buffers: &[&wgpu::Buffer],
+    groups: [u32; 3],
+) -> Result<Dispatch, GpuError> {
+    let pipeline = gpu.pipeline(kernel, flags, constants)?;
     let uniform = gpu.uniform_init(kernel, bytemuck::bytes_of(params))?;
     let mut all: Vec<&wgpu::Buffer> = vec![&uniform.raw];
     all.extend_from_slice(buffers);
@@ -330,9 +351,19 @@ pub struct AttnShape {
     /// Positions the KV cache holds per kv head.
     pub kv_cap: u32,
     pub neox: bool,
+    /// The cache holds f16 (needs the device's shader-f16), else f32.
+    pub kv_f16: bool,
 }
 
 impl AttnShape {
+    /// Shader flags of the kernels that touch the cache.
+    fn flags(&self, gpu: &Gpu) -> Flags {
+        Flags {
+            f16: self.kv_f16,
+            ..gpu.shader_flags()
+        }
+    }
+
     pub fn qkv_stride(&self) -> u32 {
         (self.n_head + 2 * self.n_kv_head) * self.head_dim
     }
@@ -381,9 +412,10 @@ pub fn rope_kv(
     };
     let n = t * (a.n_head + a.n_kv_head) * a.head_dim / 2;
     let [gx, gy, _] = grid(n.div_ceil(64));
-    dispatch(
+    dispatch_flags(
         gpu,
         "rope_kv",
+        a.flags(gpu),
         &[("NEOX", a.neox as u64)],
         &params,
         &[step, qkv, rope_table, k_cache, v_cache],
@@ -457,9 +489,10 @@ pub fn attention(
         scale: 1.0 / (a.head_dim as f32).sqrt(),
         _pad: 0,
     };
-    dispatch(
+    dispatch_flags(
         gpu,
         "attention",
+        a.flags(gpu),
         &[("HD4", (a.head_dim / 4) as u64)],
         &params,
         &[step, qkv, k_cache, v_cache, out],

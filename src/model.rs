@@ -338,6 +338,10 @@ pub struct ModelOptions {
     pub context: u32,
     /// Tokens per forward dispatch during prefill (activations are sized for this many).
     pub batch: u32,
+    /// Keep the KV cache in f16 (half the memory and attention bandwidth, as llama.cpp's
+    /// default) where the device has shader-f16; f32 otherwise. Off by default: f32 keeps
+    /// logits equal to the f32 reference to float rounding, f16 moves them by ~1e-3 relative.
+    pub kv_f16: bool,
 }
 
 impl Default for ModelOptions {
@@ -345,6 +349,7 @@ impl Default for ModelOptions {
         ModelOptions {
             context: 2048,
             batch: 128,
+            kv_f16: false,
         }
     }
 }
@@ -402,8 +407,11 @@ impl Llama {
     ) -> Result<Llama> {
         opts.context = opts.context.clamp(1, cfg.ctx_train.max(1));
         opts.batch = opts.batch.clamp(1, opts.context);
+        // The f32 variant is chosen at run time where the device lacks shader-f16.
+        opts.kv_f16 &= gpu.f16;
         let (b, ctx) = (opts.batch as u64, opts.context as u64);
-        let kv_bytes = cfg.n_kv_head as u64 * ctx * cfg.head_dim as u64 * 4;
+        let elem = if opts.kv_f16 { 2 } else { 4 };
+        let kv_bytes = cfg.n_kv_head as u64 * ctx * cfg.head_dim as u64 * elem;
         let mut k_cache = Vec::new();
         let mut v_cache = Vec::new();
         for _ in 0..cfg.n_layer {
@@ -460,6 +468,7 @@ impl Llama {
             head_dim: self.cfg.head_dim,
             kv_cap: self.opts.context,
             neox: self.cfg.rope_neox,
+            kv_f16: self.opts.kv_f16,
         }
     }
 

@@ -22,6 +22,7 @@ impl Flags {
 /// Every kernel file, by name.
 pub const FILES: &[(&str, &str)] = &[
     ("dequant", include_str!("../shaders/dequant.wgsl")),
+    ("kv_type", include_str!("../shaders/kv_type.wgsl")),
     ("matmul", include_str!("../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../shaders/rmsnorm.wgsl")),
     ("embed", include_str!("../shaders/embed.wgsl")),

@@ -16,6 +16,7 @@ fn engine() -> Engine {
             model: ModelOptions {
                 context: 512,
                 batch: 64,
+                ..Default::default()
             },
             ..Default::default()
         },

@@ -211,6 +211,7 @@ fn rope_kv_and_attention_match_reference() {
                 head_dim: 16,
                 kv_cap: 24,
                 neox,
+                kv_f16: gpu.f16,
             };
             let hd = a.head_dim as usize;
             let (nh, nkv, cap) = (a.n_head as usize, a.n_kv_head as usize, a.kv_cap as usize);
@@ -250,17 +251,29 @@ fn rope_kv_and_attention_match_reference() {
                         reference::rope(&mut v, &table, pos0 + ti, neox);
                         q.extend(v);
                     }
+                    // The cache holds f16 where the device has it: round as the kernel does.
+                    let store = |v: &[f32]| -> Vec<f32> {
+                        if a.kv_f16 {
+                            v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+                        } else {
+                            v.to_vec()
+                        }
+                    };
                     for h in 0..nkv {
                         let mut kv = row[(nh + h) * hd..][..hd].to_vec();
                         reference::rope(&mut kv, &table, pos0 + ti, neox);
-                        kref[(h * cap + pos0 + ti) * hd..][..hd].copy_from_slice(&kv);
+                        kref[(h * cap + pos0 + ti) * hd..][..hd].copy_from_slice(&store(&kv));
                         vref[(h * cap + pos0 + ti) * hd..][..hd]
-                            .copy_from_slice(&row[(nh + nkv + h) * hd..][..hd]);
+                            .copy_from_slice(&store(&row[(nh + nkv + h) * hd..][..hd]));
                     }
                 }
                 let want = reference::attention(&q, &kref, &vref, nh, nkv, hd, cap, pos0);
                 let e = max_rel_err(&got, &want);
-                assert!(e < 1e-5, "neox={neox} pos0={pos0}: rel err {e}");
+                assert!(
+                    e < 1e-5,
+                    "neox={neox} pos0={pos0} f16={}: rel err {e}",
+                    a.kv_f16
+                );
             }
         }
     }

@@ -26,7 +26,7 @@ fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
     bytemuck::pod_collect_to_vec::<u8, f32>(st.tensor(name).unwrap().data())
 }
 
-fn load(opts: GpuOptions, batch: u32) -> Llama {
+fn load(opts: GpuOptions, batch: u32, kv_f16: bool) -> Llama {
     let path = lamina::fetch::default_model().unwrap();
     let g = GgufFile::open(&path).unwrap();
     let gpu: Arc<Gpu> = Gpu::new(opts).unwrap();
@@ -36,6 +36,7 @@ fn load(opts: GpuOptions, batch: u32) -> Llama {
         ModelOptions {
             context: 256,
             batch,
+            kv_f16,
         },
     )
     .unwrap()
@@ -82,13 +83,15 @@ fn check_logits(model: &mut Llama) {
 }
 
 #[test]
-fn logits_match_transformers_with_all_features() {
-    let mut m = load(
-        GpuOptions {
-            allow_f16: true,
-            allow_subgroups: true,
-        },
-        128,
+fn logits_match_transformers_with_all_features_and_an_f16_kv_cache() {
+    let on = GpuOptions {
+        allow_f16: true,
+        allow_subgroups: true,
+    };
+    let mut m = load(on, 128, true);
+    assert!(
+        m.opts.kv_f16,
+        "lavapipe has shader-f16: the f16 cache must be in use"
     );
     check_logits(&mut m);
 }
@@ -96,12 +99,12 @@ fn logits_match_transformers_with_all_features() {
 #[test]
 fn logits_match_transformers_without_f16_or_subgroups_and_in_small_batches() {
     // Batches of 5 also exercise prefill split across submits and the KV cache between them.
-    let mut m = load(
-        GpuOptions {
-            allow_f16: false,
-            allow_subgroups: false,
-        },
-        5,
-    );
+    // Asking for an f16 cache on a device without f16 falls back to f32.
+    let off = GpuOptions {
+        allow_f16: false,
+        allow_subgroups: false,
+    };
+    let mut m = load(off, 5, true);
+    assert!(!m.opts.kv_f16);
     check_logits(&mut m);
 }
