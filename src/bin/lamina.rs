@@ -36,6 +36,10 @@ struct ModelArgs {
     /// Do not use subgroup operations even where the device has them.
     #[arg(long)]
     no_subgroups: bool,
+    /// Keep the KV cache in f16 where the device has shader-f16 (half the memory; logits move
+    /// by ~1e-3 relative).
+    #[arg(long)]
+    kv_f16: bool,
 }
 
 impl ModelArgs {
@@ -49,6 +53,7 @@ impl ModelArgs {
                 },
                 model: ModelOptions {
                     context: self.context,
+                    kv_f16: self.kv_f16,
                     ..Default::default()
                 },
             },
@@ -160,8 +165,21 @@ enum Cmd {
         #[command(flatten)]
         model: ModelArgs,
     },
-    /// Fetch and verify the default model, print its path.
-    Fetch,
+    /// Fetch and verify a model (the default one unless --model says otherwise), print its path.
+    Fetch {
+        #[arg(long, value_enum, default_value_t = FetchModel::Smollm2)]
+        model: FetchModel,
+    },
+}
+
+/// The models `lamina fetch` knows.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FetchModel {
+    /// SmolLM2-135M-Instruct Q4_1 (the default model).
+    Smollm2,
+    /// Qwen2.5-Coder-0.5B-Instruct Q4_K_M.
+    #[value(name = "qwen2.5-0.5b")]
+    Qwen25_05b,
 }
 
 fn main() -> ExitCode {
@@ -246,8 +264,12 @@ fn run(cli: Cli) -> lamina::Result<()> {
             Ok(())
         }
         Cmd::Info { model } => info(&model),
-        Cmd::Fetch => {
-            println!("{}", lamina::fetch::default_model()?.display());
+        Cmd::Fetch { model } => {
+            let path = match model {
+                FetchModel::Smollm2 => lamina::fetch::default_model()?,
+                FetchModel::Qwen25_05b => lamina::fetch::qwen25_05b()?,
+            };
+            println!("{}", path.display());
             Ok(())
         }
     }
