@@ -10,7 +10,8 @@ use crate::error::Result;
 use crate::generate::{GenerateParams, Generation, Session};
 use crate::gguf::GgufFile;
 use crate::gpu::{Gpu, GpuOptions};
-use crate::model::{Llama, ModelOptions};
+use crate::hf::Checkpoint;
+use crate::model::{Llama, ModelOptions, Weights};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 #[derive(Debug, Clone, Default)]
@@ -21,27 +22,37 @@ pub struct EngineOptions {
 
 pub struct Engine {
     pub path: PathBuf,
-    pub gguf: GgufFile,
     pub tokenizer: Tokenizer,
     pub model: Llama,
     pub load_secs: f64,
 }
 
 impl Engine {
-    /// Opens `path`, or the default model (fetched and cached on first use) when `None`.
+    /// Opens `path` (a GGUF file, or a Hugging Face checkpoint folder with `config.json`,
+    /// safetensors and `tokenizer.json`), or the default model (fetched and cached on first
+    /// use) when `None`.
     pub fn load(path: Option<&Path>, opts: EngineOptions) -> Result<Engine> {
         let path = match path {
             Some(p) => p.to_path_buf(),
             None => crate::fetch::default_model()?,
         };
         let start = Instant::now();
-        let gguf = GgufFile::open(&path)?;
-        let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let gpu = Gpu::new(opts.gpu)?;
-        let model = Llama::load(gpu, &gguf, opts.model)?;
+        let (tokenizer, model) = if Checkpoint::is_checkpoint(&path) {
+            let ckpt = Checkpoint::open(&path)?;
+            let tokenizer = Tokenizer::from_json_file(&path.join("tokenizer.json"))?;
+            let weights = Weights::load(&gpu, &ckpt, &ckpt.config)?;
+            let model = Llama::new(gpu, ckpt.config.clone(), weights, opts.model)?;
+            (tokenizer, model)
+        } else {
+            let gguf = GgufFile::open(&path)?;
+            (
+                Tokenizer::from_gguf(&gguf)?,
+                Llama::load(gpu, &gguf, opts.model)?,
+            )
+        };
         Ok(Engine {
             path,
-            gguf,
             tokenizer,
             model,
             load_secs: start.elapsed().as_secs_f64(),

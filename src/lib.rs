@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;
+pub mod hf;
 pub mod kernels;
 pub mod model;
 pub mod quant;

@@ -6,6 +6,7 @@
 //! matmul, and the down matmul that applies SwiGLU on its input and accumulates into the
 //! residual. Only the rows of logits that are needed are computed.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::gpu::{Buffer, Gpu};
 use crate::kernels::{self, AttnShape, Dispatch, MatmulShape, QMatrix, Step};
-use crate::quant;
+use crate::quant::{self, GgmlType};
 
 /// Architecture hyper-parameters, read from `{arch}.*` metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +85,7 @@ impl Config {
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Model(m));
         if self.n_head == 0 || self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
             return bad(format!(
@@ -118,6 +119,45 @@ impl Config {
     }
 }
 
+/// One tensor as the loader sees it: ggml type, ggml-order dims (`dims[0]` contiguous), and
+/// bytes in the file's block layout.
+pub struct SourceTensor<'a> {
+    pub ty: GgmlType,
+    pub dims: Vec<u64>,
+    pub bytes: Cow<'a, [u8]>,
+}
+
+impl SourceTensor<'_> {
+    fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+    fn rows_cols(&self) -> (u64, u64) {
+        let cols = self.dims.first().copied().unwrap_or(1).max(1);
+        (self.n_elements() / cols, cols)
+    }
+}
+
+/// Where weights come from, by GGUF tensor name (`blk.N.attn_q.weight`, ...): a GGUF file or
+/// a Hugging Face checkpoint ([`crate::hf::Checkpoint`]).
+pub trait TensorSource {
+    fn get(&self, name: &str) -> Result<Option<SourceTensor<'_>>>;
+
+    fn require(&self, name: &str) -> Result<SourceTensor<'_>> {
+        self.get(name)?
+            .ok_or_else(|| Error::Model(format!("tensor '{name}' is missing")))
+    }
+}
+
+impl TensorSource for GgufFile {
+    fn get(&self, name: &str) -> Result<Option<SourceTensor<'_>>> {
+        Ok(self.tensor(name).map(|t| SourceTensor {
+            ty: t.ty,
+            dims: t.dims.clone(),
+            bytes: Cow::Borrowed(self.tensor_bytes(t)),
+        }))
+    }
+}
+
 /// Linear layers whose outputs are concatenated: consecutive parts of the same type are
 /// uploaded as one matrix so they take one dispatch (QKV, gate+up).
 pub struct Linear {
@@ -130,7 +170,7 @@ pub struct Linear {
 impl Linear {
     fn load(
         gpu: &Gpu,
-        g: &GgufFile,
+        g: &dyn TensorSource,
         names: &[String],
         biases: &[String],
         in_dim: u32,
@@ -138,7 +178,7 @@ impl Linear {
     ) -> Result<Linear> {
         let mut infos = Vec::new();
         for (name, &rows) in names.iter().zip(out_dims) {
-            let t = g.require_tensor(name)?;
+            let t = g.require(name)?;
             let (r, c) = t.rows_cols();
             if t.dims.len() != 2 || r != rows as u64 || c != in_dim as u64 {
                 return Err(Error::Model(format!(
@@ -159,7 +199,7 @@ impl Linear {
             let rows: u32 = out_dims[i..j].iter().sum();
             let mut bytes = Vec::new();
             for t in &infos[i..j] {
-                bytes.extend_from_slice(g.tensor_bytes(t));
+                bytes.extend_from_slice(&t.bytes);
             }
             let label = names[i..j].join("+");
             parts.push((
@@ -169,10 +209,14 @@ impl Linear {
             col += rows;
             i = j;
         }
-        let bias = if biases.iter().any(|b| g.tensor(b).is_some()) {
+        let mut any_bias = false;
+        for b in biases {
+            any_bias |= g.get(b)?.is_some();
+        }
+        let bias = if any_bias {
             let mut all = Vec::new();
             for (b, &rows) in biases.iter().zip(out_dims) {
-                let v = match g.tensor(b) {
+                let v = match g.get(b)? {
                     Some(_) => load_vector(g, b, rows)?,
                     None => vec![0.0; rows as usize],
                 };
@@ -207,15 +251,15 @@ impl Linear {
     }
 }
 
-fn load_vector(g: &GgufFile, name: &str, len: u32) -> Result<Vec<f32>> {
-    let t = g.require_tensor(name)?;
+fn load_vector(g: &dyn TensorSource, name: &str, len: u32) -> Result<Vec<f32>> {
+    let t = g.require(name)?;
     if t.n_elements() != len as u64 {
         return Err(Error::Model(format!(
             "tensor '{name}' has {} elements, expected {len}",
             t.n_elements()
         )));
     }
-    quant::dequantize(t.ty, g.tensor_bytes(t)).map_err(|e| Error::TensorType {
+    quant::dequantize(t.ty, &t.bytes).map_err(|e| Error::TensorType {
         tensor: name.into(),
         source: e,
     })
@@ -241,16 +285,16 @@ pub struct Weights {
 }
 
 impl Weights {
-    pub fn load(gpu: &Gpu, g: &GgufFile, cfg: &Config) -> Result<Weights> {
+    pub fn load(gpu: &Gpu, g: &dyn TensorSource, cfg: &Config) -> Result<Weights> {
         let matrix = |name: &str, rows: u32, cols: u32| -> Result<QMatrix> {
-            let t = g.require_tensor(name)?;
+            let t = g.require(name)?;
             if t.rows_cols() != (rows as u64, cols as u64) {
                 return Err(Error::Model(format!(
                     "tensor '{name}' has shape {:?}, expected [{cols}, {rows}]",
                     t.dims
                 )));
             }
-            QMatrix::upload(gpu, name, t.ty, rows, cols, g.tensor_bytes(t))
+            QMatrix::upload(gpu, name, t.ty, rows, cols, &t.bytes)
         };
         let vector = |name: &str, len: u32| -> Result<Buffer> {
             let v = load_vector(g, name, len)?;
@@ -291,11 +335,11 @@ impl Weights {
                 down: Linear::load(gpu, g, &[n("ffn_down.weight")], &[], ff, &[d])?,
             });
         }
-        let output = match g.tensor("output.weight") {
+        let output = match g.get("output.weight")? {
             Some(_) => Some(matrix("output.weight", cfg.vocab, cfg.n_embd)?),
             None => None,
         };
-        let rope_freqs = match g.tensor("rope_freqs.weight") {
+        let rope_freqs = match g.get("rope_freqs.weight")? {
             Some(_) => Some(load_vector(g, "rope_freqs.weight", cfg.head_dim / 2)?),
             None => None,
         };
