@@ -23,8 +23,15 @@ pub struct Checkpoint {
     pub config: Config,
     tie_embeddings: bool,
     maps: Vec<(PathBuf, Mmap, usize)>,
-    /// Hugging Face tensor name -> (file index, dtype, shape, byte range in the file).
-    index: HashMap<String, (usize, Dtype, Vec<usize>, (usize, usize))>,
+    index: HashMap<String, Entry>,
+}
+
+/// Where a tensor is: file index, dtype, shape, byte range in the file's data section.
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    range: (usize, usize),
 }
 
 fn file_err(path: &Path, detail: impl std::fmt::Display) -> Error {
@@ -68,7 +75,13 @@ impl Checkpoint {
                 SafeTensors::read_metadata(&map).map_err(|e| file_err(&path, e))?;
             SafeTensors::deserialize(&map).map_err(|e| file_err(&path, e))?;
             for (name, info) in meta.tensors() {
-                index.insert(name, (i, info.dtype, info.shape.clone(), info.data_offsets));
+                let entry = Entry {
+                    file: i,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: info.data_offsets,
+                };
+                index.insert(name, entry);
             }
             maps.push((path, map, 8 + header));
         }
@@ -118,12 +131,13 @@ impl TensorSource for Checkpoint {
         let Some(hf) = self.hf_name(name) else {
             return Ok(None);
         };
-        let Some((file, dtype, shape, (start, end))) = self.index.get(&hf) else {
+        let Some(entry) = self.index.get(&hf) else {
             return Ok(None);
         };
-        let (path, map, data_start) = &self.maps[*file];
+        let (path, map, data_start) = &self.maps[entry.file];
+        let (start, end) = entry.range;
         let bytes = &map[data_start + start..data_start + end];
-        let (ty, bytes) = match dtype {
+        let (ty, bytes) = match entry.dtype {
             Dtype::F32 => (GgmlType::F32, Cow::Borrowed(bytes)),
             Dtype::F16 => (GgmlType::F16, Cow::Borrowed(bytes)),
             Dtype::BF16 => {
@@ -145,7 +159,7 @@ impl TensorSource for Checkpoint {
             }
         };
         // Hugging Face shapes are [out, in]; ggml dims are innermost first.
-        let dims = shape.iter().rev().map(|&d| d as u64).collect();
+        let dims = entry.shape.iter().rev().map(|&d| d as u64).collect();
         Ok(Some(SourceTensor { ty, dims, bytes }))
     }
 }
