@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use lamina::engine::{Engine, EngineOptions};
 use lamina::generate::{GenerateParams, SamplingParams, Session};
 use lamina::gpu::GpuOptions;
+use lamina::hf::Checkpoint;
 use lamina::model::ModelOptions;
 use lamina::tokenizer::ChatMessage;
 
@@ -244,8 +245,12 @@ fn run(cli: Cli) -> lamina::Result<()> {
             text,
             add_special,
         } => {
-            let gguf = lamina::gguf::GgufFile::open(resolve(model.model.as_deref())?)?;
-            let tok = lamina::tokenizer::Tokenizer::from_gguf(&gguf)?;
+            let path = resolve(model.model.as_deref())?;
+            let tok = if Checkpoint::is_checkpoint(&path) {
+                lamina::tokenizer::Tokenizer::from_json_file(&path.join("tokenizer.json"))?
+            } else {
+                lamina::tokenizer::Tokenizer::from_gguf(&lamina::gguf::GgufFile::open(&path)?)?
+            };
             let ids = tok.encode(&text, add_special)?;
             println!("{}", serde_json::to_string(&ids).unwrap());
             Ok(())
@@ -306,6 +311,12 @@ fn write_logits(path: &Path, ids: &[u32], logits: &[f32], vocab: usize) -> lamin
 
 fn info(model: &ModelArgs) -> lamina::Result<()> {
     let path = resolve(model.model.as_deref())?;
+    if Checkpoint::is_checkpoint(&path) {
+        let ckpt = Checkpoint::open(&path)?;
+        println!("checkpoint: {} (Hugging Face layout)", path.display());
+        println!("{:#?}", ckpt.config);
+        return print_device(model);
+    }
     let g = lamina::gguf::GgufFile::open(&path)?;
     let cfg = lamina::model::Config::from_gguf(&g)?;
     println!(
@@ -341,6 +352,10 @@ fn info(model: &ModelArgs) -> lamina::Result<()> {
             bytes as f64 / 1048576.0
         );
     }
+    print_device(model)
+}
+
+fn print_device(model: &ModelArgs) -> lamina::Result<()> {
     let gpu = lamina::gpu::Gpu::new(GpuOptions {
         allow_f16: !model.no_f16,
         allow_subgroups: !model.no_subgroups,
