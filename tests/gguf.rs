@@ -61,6 +61,17 @@ fn reads_every_value_type_and_tensor_data() {
 }
 
 #[test]
+fn reads_version_2_files() {
+    // v2 and v3 share the layout (v3 only added the big-endian marker, unused here).
+    let mut v = small_file();
+    v[4] = 2;
+    let g = GgufFile::open(temp_file("v2.gguf", &v)).unwrap();
+    assert_eq!(g.version, 2);
+    assert_eq!(g.get("test.u8"), Some(&Value::U8(7)));
+    assert_eq!(g.require_tensor("w").unwrap().rows_cols(), (2, 64));
+}
+
+#[test]
 fn every_truncation_is_a_typed_error() {
     let bytes = small_file();
     let full = GgufFile::open(temp_file("full.gguf", &bytes)).unwrap();
