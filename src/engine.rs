@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::adapter::{GpuAdapter, LoraWeights};
 use crate::error::Result;
 use crate::generate::{GenerateParams, Generation, Session};
 use crate::gguf::GgufFile;
@@ -65,6 +66,23 @@ impl Engine {
 }
 
 impl Engine {
+    /// Loads PEFT adapters (`DIR` or `DIR:weight`) and applies them unmerged; an empty list
+    /// returns to the base model.
+    pub fn set_adapters(&mut self, specs: &[String]) -> Result<()> {
+        let mut adapters = Vec::new();
+        for spec in specs {
+            let (dir, weight) = match spec.rsplit_once(':') {
+                Some((d, w)) if w.parse::<f32>().is_ok() => (d, w.parse::<f32>().unwrap()),
+                _ => (spec.as_str(), 1.0),
+            };
+            let weights = LoraWeights::load(Path::new(dir))?;
+            let gpu = self.model.gpu.clone();
+            let adapter = GpuAdapter::upload(&gpu, &weights, &self.model.cfg)?;
+            adapters.push((Arc::new(adapter), weight));
+        }
+        self.model.set_adapters(adapters)
+    }
+
     /// One line with the figures users compare engines by.
     pub fn report(&self, g: &Generation) -> String {
         let c = self.gpu().counters.snapshot();

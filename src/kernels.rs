@@ -586,6 +586,81 @@ pub fn penalty(
     )
 }
 
+/// LoRA down projection `U[t] = A . x[t]` (`A`: [r, k] f32), x read like a matmul input.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_down(
+    gpu: &Gpu,
+    a: &Buffer,
+    x: &Buffer,
+    u: &Buffer,
+    k: u32,
+    r: u32,
+    t: u32,
+    x_stride: u32,
+    swiglu_input: bool,
+) -> Result<Dispatch, GpuError> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct P {
+        k: u32,
+        r: u32,
+        t: u32,
+        x_stride4: u32,
+    }
+    let params = P {
+        k,
+        r,
+        t,
+        x_stride4: x_stride / 4,
+    };
+    dispatch(
+        gpu,
+        "lora_down",
+        &[("SWIGLU_INPUT", swiglu_input as u64)],
+        &params,
+        &[a, x, u],
+        [(t * r).div_ceil(64), 1, 1],
+    )
+}
+
+/// LoRA up projection added to a base output: `Y[t, y_col + o] += scale * B[o] . U[t]`.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_up(
+    gpu: &Gpu,
+    b: &Buffer,
+    u: &Buffer,
+    y: &Buffer,
+    n: u32,
+    r: u32,
+    t: u32,
+    y_stride: u32,
+    y_col: u32,
+    scale: f32,
+) -> Result<Dispatch, GpuError> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct P {
+        n: u32,
+        r: u32,
+        t: u32,
+        y_stride: u32,
+        y_col: u32,
+        scale: f32,
+        _pad: [u32; 2],
+    }
+    let params = P {
+        n,
+        r,
+        t,
+        y_stride,
+        y_col,
+        scale,
+        _pad: [0; 2],
+    };
+    let [gx, gy, _] = grid((t * n).div_ceil(64));
+    dispatch(gpu, "lora_up", &[], &params, &[b, u, y], [gx, gy, 1])
+}
+
 /// Plain CPU references, written for clarity, that the kernel tests compare against.
 pub mod reference {
     /// `y[t][n] = sum_k x[t][k] * w[n][k]`.

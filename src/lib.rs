@@ -3,6 +3,7 @@
 //! Data path: [`gguf`] file -> [`model::Weights`] on the GPU (still quantized) ->
 //! [`model::Llama`] forward -> logits -> [`generate::Session`] sampling.
 
+pub mod adapter;
 pub mod engine;
 pub mod error;
 pub mod fetch;

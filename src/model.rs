@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::adapter::{module_dims, GpuAdapter};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::gpu::{Buffer, Gpu};
@@ -432,6 +433,10 @@ pub struct Llama {
     step: Buffer,
     act: Activations,
     plans: HashMap<(u32, LogitRows), Vec<Dispatch>>,
+    /// LoRA adapters applied unmerged, each with its weight (multiplies its own scale).
+    adapters: Vec<(Arc<GpuAdapter>, f32)>,
+    /// LoRA intermediate `[batch, r]`, reused by every adapted projection in turn.
+    lora_u: Option<Buffer>,
     /// Tokens whose keys and values are in the cache.
     pos: u32,
 }
@@ -491,8 +496,38 @@ impl Llama {
             step,
             act,
             plans: HashMap::new(),
+            adapters: Vec::new(),
+            lora_u: None,
             pos: 0,
         })
+    }
+
+    /// Applies these adapters (unmerged), each scaled by its weight, from the next forward on;
+    /// an empty list runs the base model. The base weights are not touched, so swapping is
+    /// cheap. The KV cache is cleared: cached keys were computed with the old adapters.
+    pub fn set_adapters(&mut self, adapters: Vec<(Arc<GpuAdapter>, f32)>) -> Result<()> {
+        for (ad, _) in &adapters {
+            if ad.layers.len() != self.cfg.n_layer as usize {
+                return Err(Error::Model(format!(
+                    "the adapter has {} layers, the model {}",
+                    ad.layers.len(),
+                    self.cfg.n_layer
+                )));
+            }
+        }
+        let r = adapters.iter().map(|(a, _)| a.r).max().unwrap_or(0);
+        self.lora_u = if r > 0 {
+            Some(
+                self.gpu
+                    .storage("lora_u", self.opts.batch as u64 * r as u64 * 4)?,
+            )
+        } else {
+            None
+        };
+        self.adapters = adapters;
+        self.plans.clear();
+        self.pos = 0;
+        Ok(())
     }
 
     /// Tokens currently in the KV cache.
@@ -525,6 +560,36 @@ impl Llama {
         let qkv_dim = cfg.q_dim() + 2 * cfg.kv_dim();
         let shape = self.attn_shape();
         let mut plan = kernels::embed(gpu, &self.weights.tok_embd, &a.tokens, &a.h, t)?;
+        // Adds every adapter's `y[:, y_col..] += scale * B (A x)` for module `m` of layer `l`.
+        let lora = |plan: &mut Vec<Dispatch>,
+                    l: usize,
+                    m: usize,
+                    (x, x_stride, swiglu): (&Buffer, u32, bool),
+                    (y, y_stride, y_col): (&Buffer, u32, u32)|
+         -> Result<()> {
+            for (ad, weight) in &self.adapters {
+                if let Some(lm) = &ad.layers[l][m] {
+                    let u = self.lora_u.as_ref().expect("allocated with the adapters");
+                    let (n_in, n_out) = module_dims(cfg, m);
+                    plan.push(kernels::lora_down(
+                        gpu, &lm.a, x, u, n_in, ad.r, t, x_stride, swiglu,
+                    )?);
+                    plan.push(kernels::lora_up(
+                        gpu,
+                        &lm.b,
+                        u,
+                        y,
+                        n_out,
+                        ad.r,
+                        t,
+                        y_stride,
+                        y_col,
+                        ad.scale * weight,
+                    )?);
+                }
+            }
+            Ok(())
+        };
         let mm = |x_stride: u32, y_stride: u32, swiglu: bool, acc: bool| MatmulShape {
             t,
             x_stride,
@@ -549,6 +614,10 @@ impl Llama {
                 l.qkv
                     .dispatch(gpu, &a.xn, &a.qkv, mm(d, qkv_dim, false, false))?,
             );
+            let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+            for (m, col) in [(0, 0), (1, qd), (2, qd + kvd)] {
+                lora(&mut plan, i, m, (&a.xn, d, false), (&a.qkv, qkv_dim, col))?;
+            }
             plan.push(kernels::rope_kv(
                 gpu,
                 shape,
@@ -570,6 +639,7 @@ impl Llama {
                 &a.attn,
             )?);
             plan.extend(l.o.dispatch(gpu, &a.attn, &a.h, mm(cfg.q_dim(), d, false, true))?);
+            lora(&mut plan, i, 3, (&a.attn, cfg.q_dim(), false), (&a.h, d, 0))?;
             plan.push(kernels::rmsnorm(
                 gpu,
                 &a.h,
@@ -586,10 +656,20 @@ impl Llama {
                 &a.gu,
                 mm(d, 2 * cfg.n_ff, false, false),
             )?);
+            for (m, col) in [(4, 0), (5, cfg.n_ff)] {
+                lora(
+                    &mut plan,
+                    i,
+                    m,
+                    (&a.xn, d, false),
+                    (&a.gu, 2 * cfg.n_ff, col),
+                )?;
+            }
             plan.extend(
                 l.down
                     .dispatch(gpu, &a.gu, &a.h, mm(2 * cfg.n_ff, d, true, true))?,
             );
+            lora(&mut plan, i, 6, (&a.gu, 2 * cfg.n_ff, true), (&a.h, d, 0))?;
         }
         let (n_rows, row0, logits) = match rows {
             LogitRows::Last => (1, t - 1, &a.logits_last),

@@ -31,6 +31,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("argmax", include_str!("../shaders/argmax.wgsl")),
     ("topk", include_str!("../shaders/topk.wgsl")),
     ("penalty", include_str!("../shaders/penalty.wgsl")),
+    ("lora_down", include_str!("../shaders/lora_down.wgsl")),
+    ("lora_up", include_str!("../shaders/lora_up.wgsl")),
 ];
 
 /// Kernels with an entry point (the rest are included by them).
@@ -43,6 +45,8 @@ pub const KERNELS: &[&str] = &[
     "argmax",
     "topk",
     "penalty",
+    "lora_down",
+    "lora_up",
 ];
 
 fn file(name: &str) -> Result<&'static str, String> {

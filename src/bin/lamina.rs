@@ -41,10 +41,22 @@ struct ModelArgs {
     /// by ~1e-3 relative).
     #[arg(long)]
     kv_f16: bool,
+    /// PEFT LoRA adapter folder to apply, optionally weighted: `DIR` or `DIR:0.5`
+    /// (repeatable; adapters add up).
+    #[arg(long)]
+    adapter: Vec<String>,
 }
 
 impl ModelArgs {
     fn load(&self) -> lamina::Result<Engine> {
+        let mut engine = self.load_base()?;
+        if !self.adapter.is_empty() {
+            engine.set_adapters(&self.adapter)?;
+        }
+        Ok(engine)
+    }
+
+    fn load_base(&self) -> lamina::Result<Engine> {
         Engine::load(
             self.model.as_deref(),
             EngineOptions {

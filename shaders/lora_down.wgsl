@@ -1,0 +1,42 @@
+// LoRA down projection: U[t, j] = sum_k X[t, k] * A[j, k] for j < r, with X read as the
+// base matmul reads it (SWIGLU_INPUT: silu(gate) * up, for down_proj). One invocation per
+// (token, j): r is small, so each invocation walks a whole row of A with vec4 loads.
+
+override SWIGLU_INPUT: bool = false;
+
+struct Params {
+    k: u32,          // input features
+    r: u32,          // rank
+    t: u32,          // tokens
+    x_stride4: u32,  // X row stride in vec4
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> A: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> U: array<f32>;
+
+fn load_x(t: u32, k4: u32) -> vec4<f32> {
+    let i = t * p.x_stride4 + k4;
+    if (SWIGLU_INPUT) {
+        let g = X[i];
+        let u = X[i + p.k / 4u];
+        return g / (1.0 + exp(-g)) * u;
+    }
+    return X[i];
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x % p.r;
+    let t = gid.x / p.r;
+    if (t >= p.t) {
+        return;
+    }
+    let k4 = p.k / 4u;
+    var s = vec4<f32>(0.0);
+    for (var i = 0u; i < k4; i++) {
+        s += load_x(t, i) * A[j * k4 + i];
+    }
+    U[t * p.r + j] = s.x + s.y + s.z + s.w;
+}

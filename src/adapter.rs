@@ -1,0 +1,252 @@
+//! LoRA adapters in the PEFT layout (`adapter_config.json` + `adapter_model.safetensors`),
+//! applied unmerged at inference: for each targeted projection, `y += scale * B (A x)`.
+//!
+//! PEFT names tensors `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`
+//! (`[r, in]`) and `...lora_B.weight` (`[out, r]`), optionally with the adapter name
+//! (`lora_A.default.weight`). A GGUF Llama stores q/k rows permuted for adjacent-pair rotary
+//! embedding; an adapter trained on the Hugging Face model gets the same permutation of its q/k
+//! `B` rows so it applies to the same features.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Buffer, Gpu};
+use crate::model::Config;
+
+/// The seven projections LoRA can target, in PEFT's names.
+pub const MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// PEFT's LoRA settings that matter at inference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub r: u32,
+    pub alpha: f32,
+    /// Scale alpha / sqrt(r) instead of alpha / r.
+    pub use_rslora: bool,
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f32 {
+        if self.use_rslora {
+            self.alpha / (self.r as f32).sqrt()
+        } else {
+            self.alpha / self.r as f32
+        }
+    }
+}
+
+/// Adapter tensors on the CPU: (layer, module index in [`MODULES`]) -> (A `[r, in]`, B `[out, r]`).
+#[derive(Debug, Clone)]
+pub struct LoraWeights {
+    pub config: LoraConfig,
+    pub tensors: BTreeMap<(u32, usize), (Vec<f32>, Vec<f32>)>,
+}
+
+fn file_err(path: &Path, detail: impl std::fmt::Display) -> Error {
+    Error::File {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+/// (layer, module, is_b) of a PEFT tensor name, or `None` for other tensors.
+fn parse_name(name: &str) -> Option<(u32, usize, bool)> {
+    let rest = name.split("layers.").nth(1)?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: u32 = layer.parse().ok()?;
+    let module = MODULES
+        .iter()
+        .position(|m| rest.contains(&format!(".{m}.")))?;
+    let is_b = if rest.contains(".lora_A.") {
+        false
+    } else if rest.contains(".lora_B.") {
+        true
+    } else {
+        return None;
+    };
+    if !rest.ends_with("weight") {
+        return None;
+    }
+    Some((layer, module, is_b))
+}
+
+impl LoraWeights {
+    /// Reads a PEFT adapter folder.
+    pub fn load(dir: &Path) -> Result<LoraWeights> {
+        let cfg_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| file_err(&cfg_path, e))?;
+        let j: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| file_err(&cfg_path, e))?;
+        let r = j
+            .get("r")
+            .and_then(|v| v.as_u64())
+            .filter(|&r| r > 0 && r <= 1024);
+        let config = LoraConfig {
+            r: r.ok_or_else(|| file_err(&cfg_path, "'r' is missing or not in 1..=1024"))? as u32,
+            alpha: j
+                .get("lora_alpha")
+                .and_then(|v| v.as_f64())
+                .ok_or_else(|| file_err(&cfg_path, "'lora_alpha' is missing"))?
+                as f32,
+            use_rslora: j
+                .get("use_rslora")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+        };
+        let st_path = dir.join("adapter_model.safetensors");
+        let bytes = std::fs::read(&st_path).map_err(|e| file_err(&st_path, e))?;
+        Self::from_safetensors(&bytes, config).map_err(|e| match e {
+            Error::Invalid(d) => file_err(&st_path, d),
+            e => e,
+        })
+    }
+
+    /// Adapter tensors from a PEFT-named safetensors buffer (other tensors are ignored).
+    pub fn from_safetensors(bytes: &[u8], config: LoraConfig) -> Result<LoraWeights> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut a_parts = BTreeMap::new();
+        let mut b_parts = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let Some((layer, module, is_b)) = parse_name(&name) else {
+                continue;
+            };
+            let data: Vec<f32> = match view.dtype() {
+                Dtype::F32 => bytemuck::pod_collect_to_vec(view.data()),
+                Dtype::F16 => view
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                Dtype::BF16 => view
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                d => return Err(Error::Invalid(format!("tensor '{name}' has dtype {d:?}"))),
+            };
+            let shape = view.shape().to_vec();
+            let r = config.r as usize;
+            let ok = shape.len() == 2 && if is_b { shape[1] == r } else { shape[0] == r };
+            if !ok {
+                return Err(Error::Invalid(format!(
+                    "tensor '{name}' has shape {shape:?}, which does not fit rank {r}"
+                )));
+            }
+            let slot = if is_b { &mut b_parts } else { &mut a_parts };
+            slot.insert((layer, module), (data, shape));
+        }
+        let mut tensors = BTreeMap::new();
+        for (key, (a, _)) in a_parts {
+            let (b, _) = b_parts.remove(&key).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "layer {} {} has lora_A but no lora_B",
+                    key.0, MODULES[key.1]
+                ))
+            })?;
+            tensors.insert(key, (a, b));
+        }
+        if let Some(key) = b_parts.keys().next() {
+            return Err(Error::Invalid(format!(
+                "layer {} {} has lora_B but no lora_A",
+                key.0, MODULES[key.1]
+            )));
+        }
+        if tensors.is_empty() {
+            return Err(Error::Invalid("no LoRA tensors found".into()));
+        }
+        Ok(LoraWeights { config, tensors })
+    }
+}
+
+/// (input, output) features of a module.
+pub fn module_dims(cfg: &Config, module: usize) -> (u32, u32) {
+    match MODULES[module] {
+        "q_proj" => (cfg.n_embd, cfg.q_dim()),
+        "k_proj" | "v_proj" => (cfg.n_embd, cfg.kv_dim()),
+        "o_proj" => (cfg.q_dim(), cfg.n_embd),
+        "gate_proj" | "up_proj" => (cfg.n_embd, cfg.n_ff),
+        _ => (cfg.n_ff, cfg.n_embd),
+    }
+}
+
+/// Hugging Face q/k row order to the GGUF one (adjacent rotary pairs): within each head, row
+/// `e * d/2 + i` moves to `2i + e`.
+pub fn permute_rows_for_gguf(b: &[f32], n_head: u32, head_dim: u32, cols: usize) -> Vec<f32> {
+    let (hd, half) = (head_dim as usize, head_dim as usize / 2);
+    let mut out = vec![0f32; b.len()];
+    for h in 0..n_head as usize {
+        for e in 0..2 {
+            for i in 0..half {
+                let src = h * hd + e * half + i;
+                let dst = h * hd + 2 * i + e;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&b[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// One module's adapter on the GPU.
+pub struct LoraModule {
+    pub a: Buffer,
+    pub b: Buffer,
+}
+
+/// An adapter uploaded for a model: `layers[l][m]` for module `m` of [`MODULES`].
+pub struct GpuAdapter {
+    pub r: u32,
+    pub scale: f32,
+    pub layers: Vec<[Option<LoraModule>; 7]>,
+}
+
+impl GpuAdapter {
+    /// Checks every tensor against the model's shapes and uploads it.
+    pub fn upload(gpu: &Gpu, w: &LoraWeights, cfg: &Config) -> Result<GpuAdapter> {
+        let r = w.config.r;
+        let mut layers: Vec<[Option<LoraModule>; 7]> =
+            (0..cfg.n_layer).map(|_| Default::default()).collect();
+        for (&(layer, m), (a, b)) in &w.tensors {
+            let (n_in, n_out) = module_dims(cfg, m);
+            if layer >= cfg.n_layer
+                || a.len() != (r * n_in) as usize
+                || b.len() != (n_out * r) as usize
+            {
+                return Err(Error::Model(format!(
+                    "the adapter does not fit the model: layer {layer} {} has A {} and B {} values, \
+                     the model needs [{r}, {n_in}] and [{n_out}, {r}] ({} layers)",
+                    MODULES[m],
+                    a.len(),
+                    b.len(),
+                    cfg.n_layer
+                )));
+            }
+            let b = match (cfg.rope_neox, MODULES[m]) {
+                (false, "q_proj") => permute_rows_for_gguf(b, cfg.n_head, cfg.head_dim, r as usize),
+                (false, "k_proj") => {
+                    permute_rows_for_gguf(b, cfg.n_kv_head, cfg.head_dim, r as usize)
+                }
+                _ => b.clone(),
+            };
+            layers[layer as usize][m] = Some(LoraModule {
+                a: gpu.storage_init("lora_A", bytemuck::cast_slice(a))?,
+                b: gpu.storage_init("lora_B", bytemuck::cast_slice(&b))?,
+            });
+        }
+        Ok(GpuAdapter {
+            r,
+            scale: w.config.scale(),
+            layers,
+        })
+    }
+}
