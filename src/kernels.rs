@@ -661,6 +661,110 @@ pub fn lora_up(
     dispatch(gpu, "lora_up", &[], &params, &[b, u, y], [gx, gy, 1])
 }
 
+/// Cross-entropy of `rows` rows of logits against `labels`: per-row losses into `loss`, and
+/// each row replaced by its gradient of the mean loss (`grad_scale` = 1 / loss positions).
+pub fn cross_entropy(
+    gpu: &Gpu,
+    logits: &Buffer,
+    labels: &Buffer,
+    loss: &Buffer,
+    vocab: u32,
+    rows: u32,
+    grad_scale: f32,
+) -> Result<Dispatch, GpuError> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct P {
+        n: u32,
+        rows: u32,
+        grad_scale: f32,
+        _pad: u32,
+    }
+    let params = P {
+        n: vocab,
+        rows,
+        grad_scale,
+        _pad: 0,
+    };
+    dispatch(
+        gpu,
+        "cross_entropy",
+        &[],
+        &params,
+        &[logits, labels, loss],
+        [rows.max(1), 1, 1],
+    )
+}
+
+/// AdamW hyper-parameters (PyTorch semantics).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct AdamWParams {
+    pub n: u32,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub bias1: f32,
+    pub bias2: f32,
+    pub grad_scale: f32,
+    pub _pad: [u32; 3],
+}
+
+impl AdamW {
+    /// The kernel's parameters for 1-based `step`; `grad_scale` folds in clipping.
+    pub fn params(&self, n: u32, step: u32, grad_scale: f32) -> AdamWParams {
+        AdamWParams {
+            n,
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            bias1: 1.0 - self.beta1.powi(step as i32),
+            bias2: 1.0 - self.beta2.powi(step as i32),
+            grad_scale,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// One AdamW update of `param` from `grad` with moments `m`, `v`. The parameters live in the
+/// dispatch's uniform: rewrite it (`AdamW::params`) before each replay.
+pub fn adamw(
+    gpu: &Gpu,
+    params: &AdamWParams,
+    param: &Buffer,
+    grad: &Buffer,
+    m: &Buffer,
+    v: &Buffer,
+) -> Result<Dispatch, GpuError> {
+    let [gx, gy, _] = grid(params.n.div_ceil(64));
+    dispatch(gpu, "adamw", &[], params, &[param, grad, m, v], [gx, gy, 1])
+}
+
 /// Plain CPU references, written for clarity, that the kernel tests compare against.
 pub mod reference {
     /// `y[t][n] = sum_k x[t][k] * w[n][k]`.
@@ -755,6 +859,50 @@ pub mod reference {
             }
         }
         out
+    }
+
+    /// Loss per row and the gradient of `grad_scale * sum(loss)` with respect to the logits.
+    pub fn cross_entropy(x: &[f32], labels: &[u32], grad_scale: f32) -> (Vec<f32>, Vec<f32>) {
+        let n = x.len() / labels.len();
+        let mut loss = Vec::new();
+        let mut grad = vec![0f32; x.len()];
+        for (r, &label) in labels.iter().enumerate() {
+            let row = &x[r * n..][..n];
+            let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+            let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            loss.push((m + z.ln() - row[label as usize] as f64) as f32);
+            for i in 0..n {
+                let mut g = (row[i] as f64 - m).exp() / z;
+                if i == label as usize {
+                    g -= 1.0;
+                }
+                grad[r * n + i] = (g * grad_scale as f64) as f32;
+            }
+        }
+        (loss, grad)
+    }
+
+    /// PyTorch's AdamW step on f64 copies (1-based `step`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw(
+        p: &mut [f64],
+        g: &[f64],
+        m: &mut [f64],
+        v: &mut [f64],
+        step: i32,
+        lr: f64,
+        (b1, b2): (f64, f64),
+        eps: f64,
+        wd: f64,
+    ) {
+        for i in 0..p.len() {
+            p[i] *= 1.0 - lr * wd;
+            m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+            v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+            let m_hat = m[i] / (1.0 - b1.powi(step));
+            let v_hat = v[i] / (1.0 - b2.powi(step));
+            p[i] -= lr * m_hat / (v_hat.sqrt() + eps);
+        }
     }
 
     /// First index of the maximum.

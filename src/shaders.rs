@@ -33,6 +33,11 @@ pub const FILES: &[(&str, &str)] = &[
     ("penalty", include_str!("../shaders/penalty.wgsl")),
     ("lora_down", include_str!("../shaders/lora_down.wgsl")),
     ("lora_up", include_str!("../shaders/lora_up.wgsl")),
+    (
+        "cross_entropy",
+        include_str!("../shaders/cross_entropy.wgsl"),
+    ),
+    ("adamw", include_str!("../shaders/adamw.wgsl")),
 ];
 
 /// Kernels with an entry point (the rest are included by them).
@@ -47,6 +52,8 @@ pub const KERNELS: &[&str] = &[
     "penalty",
     "lora_down",
     "lora_up",
+    "cross_entropy",
+    "adamw",
 ];
 
 fn file(name: &str) -> Result<&'static str, String> {
