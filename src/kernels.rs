@@ -661,6 +661,95 @@ pub fn lora_up(
     dispatch(gpu, "lora_up", &[], &params, &[b, u, y], [gx, gy, 1])
 }
 
+/// Backward of a frozen quantized matmul: `DX[t] (+)= sum_n DY[t, dy_col + n] * W[n]`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_t(
+    gpu: &Gpu,
+    w: &QMatrix,
+    dy: &Buffer,
+    dx: &Buffer,
+    t: u32,
+    dy_stride: u32,
+    dy_col: u32,
+    dx_stride: u32,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>, GpuError> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct P {
+        k: u32,
+        n: u32,
+        t: u32,
+        dy_stride: u32,
+        dy_col: u32,
+        dx_stride4: u32,
+        _pad: [u32; 2],
+    }
+    let mut constants = w.constants();
+    let mut out = Vec::new();
+    for (i, piece) in w.pieces.iter().enumerate() {
+        // Pieces after the first add to what the earlier ones wrote.
+        constants.retain(|(k, _)| *k != "ACCUMULATE");
+        constants.push(("ACCUMULATE", (accumulate || i > 0) as u64));
+        let params = P {
+            k: w.cols,
+            n: piece.rows,
+            t,
+            dy_stride,
+            dy_col: dy_col + piece.row0,
+            dx_stride4: dx_stride / 4,
+            _pad: [0; 2],
+        };
+        let groups = (t * w.cols / 32).div_ceil(64);
+        out.push(dispatch(
+            gpu,
+            "matmul_t",
+            &constants,
+            &params,
+            &[&piece.buf, dy, dx],
+            [groups, 1, 1],
+        )?);
+    }
+    Ok(out)
+}
+
+/// Backward of rmsnorm for `t` rows: `DX (+)= d rmsnorm(X) * G / dX . DY`.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward(
+    gpu: &Gpu,
+    x: &Buffer,
+    g: &Buffer,
+    dy: &Buffer,
+    dx: &Buffer,
+    d: u32,
+    t: u32,
+    eps: f32,
+    accumulate: bool,
+) -> Result<Dispatch, GpuError> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct P {
+        d4: u32,
+        t: u32,
+        eps: f32,
+        _pad: u32,
+    }
+    let params = P {
+        d4: d / 4,
+        t,
+        eps,
+        _pad: 0,
+    };
+    dispatch(
+        gpu,
+        "rmsnorm_backward",
+        &[("ACCUMULATE", accumulate as u64)],
+        &params,
+        &[x, g, dy, dx],
+        [t.div_ceil(64), 1, 1],
+    )
+}
+
 /// Cross-entropy of `rows` rows of logits against `labels`: per-row losses into `loss`, and
 /// each row replaced by its gradient of the mean loss (`grad_scale` = 1 / loss positions).
 pub fn cross_entropy(

@@ -38,6 +38,11 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../shaders/cross_entropy.wgsl"),
     ),
     ("adamw", include_str!("../shaders/adamw.wgsl")),
+    ("matmul_t", include_str!("../shaders/matmul_t.wgsl")),
+    (
+        "rmsnorm_backward",
+        include_str!("../shaders/rmsnorm_backward.wgsl"),
+    ),
 ];
 
 /// Kernels with an entry point (the rest are included by them).
@@ -54,6 +59,8 @@ pub const KERNELS: &[&str] = &[
     "lora_up",
     "cross_entropy",
     "adamw",
+    "matmul_t",
+    "rmsnorm_backward",
 ];
 
 fn file(name: &str) -> Result<&'static str, String> {

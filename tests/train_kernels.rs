@@ -2,7 +2,8 @@
 //! differences) and AdamW (against PyTorch's update rule in f64).
 
 use lamina::gpu::{Gpu, GpuOptions};
-use lamina::kernels::{self, reference, AdamW};
+use lamina::kernels::{self, reference, AdamW, QMatrix};
+use lamina::quant::{self, GgmlType};
 use rand::{Rng, SeedableRng};
 
 fn rng() -> rand::rngs::StdRng {
@@ -118,4 +119,84 @@ fn adamw_matches_pytorch_rule_over_steps() {
         .zip(&p)
         .fold(0f64, |e, (a, b)| e.max((*a as f64 - b).abs()));
     assert!(err < 1e-5, "max err {err}");
+}
+
+/// Finite differences of `f` at a few coordinates of `x` against `grad`.
+fn check_fd(
+    f: &dyn Fn(&[f32]) -> f64,
+    x: &[f32],
+    grad: &[f32],
+    coords: &[usize],
+    h: f32,
+    tol: f64,
+) {
+    for &c in coords {
+        let (mut xp, mut xm) = (x.to_vec(), x.to_vec());
+        xp[c] += h;
+        xm[c] -= h;
+        let fd = (f(&xp) - f(&xm)) / (2.0 * h as f64);
+        let g = grad[c] as f64;
+        assert!(
+            (fd - g).abs() < tol * g.abs().max(1.0),
+            "coord {c}: fd {fd} vs kernel {g}"
+        );
+    }
+}
+
+#[test]
+fn quantized_matmul_backward_matches_finite_differences() {
+    let gpu = Gpu::new(GpuOptions::default()).unwrap();
+    let mut r = rng();
+    for ty in [
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        let (n, k, t) = (24usize, 256usize, 3usize);
+        let w: Vec<f32> = (0..n * k).map(|_| r.random::<f32>() - 0.5).collect();
+        let bytes = quant::quantize(ty, &w);
+        let wq = quant::dequantize(ty, &bytes).unwrap();
+        let m = QMatrix::upload(&gpu, "w", ty, n as u32, k as u32, &bytes).unwrap();
+        let x: Vec<f32> = (0..t * k).map(|_| r.random::<f32>() - 0.5).collect();
+        let dy: Vec<f32> = (0..t * n).map(|_| r.random::<f32>() - 0.5).collect();
+        let dyb = gpu.storage_init("dy", bytemuck::cast_slice(&dy)).unwrap();
+        let dxb = gpu.storage("dx", (t * k * 4) as u64).unwrap();
+        let d = kernels::matmul_t(&gpu, &m, &dyb, &dxb, t as u32, n as u32, 0, k as u32, false)
+            .unwrap();
+        kernels::run(&gpu, &d).unwrap();
+        let dx = gpu.read_f32(&dxb, 0, (t * k) as u64).unwrap();
+        // L = sum(dy * (x W^T)): dL/dx is what the kernel computes.
+        let loss = |x: &[f32]| -> f64 {
+            let y = reference::matmul(&wq, x, n, k);
+            y.iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        let coords: Vec<usize> = (0..6).map(|_| r.random_range(0..t * k)).collect();
+        check_fd(&loss, &x, &dx, &coords, 1e-2, 1e-3);
+    }
+}
+
+#[test]
+fn rmsnorm_backward_matches_finite_differences() {
+    let gpu = Gpu::new(GpuOptions::default()).unwrap();
+    let mut r = rng();
+    let (d, t) = (64usize, 4usize);
+    let x: Vec<f32> = (0..t * d).map(|_| r.random::<f32>() * 4.0 - 2.0).collect();
+    let g: Vec<f32> = (0..d).map(|_| r.random::<f32>() + 0.5).collect();
+    let dy: Vec<f32> = (0..t * d).map(|_| r.random::<f32>() - 0.5).collect();
+    let up = |v: &[f32]| gpu.storage_init("b", bytemuck::cast_slice(v)).unwrap();
+    let (xb, gb, dyb) = (up(&x), up(&g), up(&dy));
+    let prior: Vec<f32> = (0..t * d).map(|_| r.random::<f32>()).collect();
+    let dxb = up(&prior);
+    let k = kernels::rmsnorm_backward(&gpu, &xb, &gb, &dyb, &dxb, d as u32, t as u32, 1e-5, true)
+        .unwrap();
+    kernels::run(&gpu, &[k]).unwrap();
+    let got = gpu.read_f32(&dxb, 0, (t * d) as u64).unwrap();
+    let dx: Vec<f32> = got.iter().zip(&prior).map(|(a, b)| a - b).collect();
+    let loss = |x: &[f32]| -> f64 {
+        let y = reference::rmsnorm(x, &g, 1e-5);
+        y.iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum()
+    };
+    let coords: Vec<usize> = (0..8).map(|_| r.random_range(0..t * d)).collect();
+    check_fd(&loss, &x, &dx, &coords, 1e-2, 2e-3);
 }
