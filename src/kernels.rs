@@ -750,6 +750,123 @@ pub fn rmsnorm_backward(
     )
 }
 
+/// Backward of `act = silu(gate) * up` for `t` rows of `gu = [gate | up]`.
+pub fn swiglu_backward(
+    gpu: &Gpu,
+    gu: &Buffer,
+    dact: &Buffer,
+    dgu: &Buffer,
+    f: u32,
+    t: u32,
+) -> Result<Dispatch, GpuError> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct P {
+        f: u32,
+        t: u32,
+        _pad: [u32; 2],
+    }
+    let params = P { f, t, _pad: [0; 2] };
+    let [gx, gy, _] = grid((t * f).div_ceil(64));
+    dispatch(
+        gpu,
+        "swiglu_backward",
+        &[],
+        &params,
+        &[gu, dact, dgu],
+        [gx, gy, 1],
+    )
+}
+
+/// Geometry of one LoRA branch for [`lora_backward`].
+#[derive(Debug, Clone, Copy)]
+pub struct LoraShape {
+    pub k: u32,
+    pub n: u32,
+    pub r: u32,
+    pub t: u32,
+    pub x_stride: u32,
+    pub dy_stride: u32,
+    pub dy_col: u32,
+    pub dx_stride: u32,
+    pub scale: f32,
+    pub swiglu_input: bool,
+}
+
+/// Which product of the LoRA backward to compute (see shaders/lora_backward.wgsl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoraGrad {
+    /// `DU = scale * DY B` into `out` ([t, r]).
+    DU,
+    /// `DB (+)= scale * DY^T U` into `out` ([n, r]); `u` is the forward's `X A^T`.
+    DB { accumulate: bool },
+    /// `DA (+)= DU^T X` into `out` ([r, k]); `u` holds DU.
+    DA { accumulate: bool },
+    /// `DX += DU A` into `out` ([t, dx_stride]); `u` holds DU.
+    DX,
+}
+
+/// One product of the backward of `Y += scale * (X A^T) B^T`.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_backward(
+    gpu: &Gpu,
+    grad: LoraGrad,
+    s: LoraShape,
+    x: &Buffer,
+    dy: &Buffer,
+    a: &Buffer,
+    b: &Buffer,
+    u: &Buffer,
+    out: &Buffer,
+) -> Result<Dispatch, GpuError> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct P {
+        k: u32,
+        n: u32,
+        r: u32,
+        t: u32,
+        x_stride: u32,
+        dy_stride: u32,
+        dy_col: u32,
+        dx_stride: u32,
+        scale: f32,
+        _pad: [u32; 3],
+    }
+    let params = P {
+        k: s.k,
+        n: s.n,
+        r: s.r,
+        t: s.t,
+        x_stride: s.x_stride,
+        dy_stride: s.dy_stride,
+        dy_col: s.dy_col,
+        dx_stride: s.dx_stride,
+        scale: s.scale,
+        _pad: [0; 3],
+    };
+    let (mode, accumulate, count) = match grad {
+        LoraGrad::DU => (0, false, s.t * s.r),
+        LoraGrad::DB { accumulate } => (1, accumulate, s.n * s.r),
+        LoraGrad::DA { accumulate } => (2, accumulate, s.r * s.k),
+        LoraGrad::DX => (3, false, s.t * s.k),
+    };
+    let constants = [
+        ("MODE", mode),
+        ("SWIGLU_INPUT", s.swiglu_input as u64),
+        ("ACCUMULATE", accumulate as u64),
+    ];
+    let [gx, gy, _] = grid(count.div_ceil(64));
+    dispatch(
+        gpu,
+        "lora_backward",
+        &constants,
+        &params,
+        &[x, dy, a, b, u, out],
+        [gx, gy, 1],
+    )
+}
+
 /// Cross-entropy of `rows` rows of logits against `labels`: per-row losses into `loss`, and
 /// each row replaced by its gradient of the mean loss (`grad_scale` = 1 / loss positions).
 pub fn cross_entropy(

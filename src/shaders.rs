@@ -43,6 +43,14 @@ pub const FILES: &[(&str, &str)] = &[
         "rmsnorm_backward",
         include_str!("../shaders/rmsnorm_backward.wgsl"),
     ),
+    (
+        "swiglu_backward",
+        include_str!("../shaders/swiglu_backward.wgsl"),
+    ),
+    (
+        "lora_backward",
+        include_str!("../shaders/lora_backward.wgsl"),
+    ),
 ];
 
 /// Kernels with an entry point (the rest are included by them).
@@ -61,6 +69,8 @@ pub const KERNELS: &[&str] = &[
     "adamw",
     "matmul_t",
     "rmsnorm_backward",
+    "swiglu_backward",
+    "lora_backward",
 ];
 
 fn file(name: &str) -> Result<&'static str, String> {
