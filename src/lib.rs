@@ -4,6 +4,7 @@
 //! [`model::Llama`] forward -> logits -> [`generate::Session`] sampling.
 
 pub mod adapter;
+pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod fetch;
