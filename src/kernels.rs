@@ -867,6 +867,101 @@ pub fn lora_backward(
     )
 }
 
+/// Buffers of the attention backward for a training sequence at positions `0..t`.
+pub struct AttnBackward<'a> {
+    /// Forward QKV rows, q rotated.
+    pub qkv: &'a Buffer,
+    /// Keys (rotated) and values in the cache layout, f32.
+    pub k_cache: &'a Buffer,
+    pub v_cache: &'a Buffer,
+    /// Forward output and its gradient, `[t, n_head * head_dim]`.
+    pub out: &'a Buffer,
+    pub d_out: &'a Buffer,
+    /// `[t * n_head]` pairs of (logsumexp, dO . O), written by the first dispatch.
+    pub stats: &'a Buffer,
+    /// Gradients of q, k, v in QKV's row layout.
+    pub d_qkv: &'a Buffer,
+}
+
+/// The three dispatches of the attention backward (stats, dq, dk and dv).
+pub fn attention_backward(
+    gpu: &Gpu,
+    a: AttnShape,
+    t: u32,
+    b: AttnBackward<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    struct P {
+        n_head: u32,
+        n_kv_head: u32,
+        t: u32,
+        qkv_stride: u32,
+        kv_cap: u32,
+        scale: f32,
+        _pad: [u32; 2],
+    }
+    let params = P {
+        n_head: a.n_head,
+        n_kv_head: a.n_kv_head,
+        t,
+        qkv_stride: a.qkv_stride(),
+        kv_cap: a.kv_cap,
+        scale: 1.0 / (a.head_dim as f32).sqrt(),
+        _pad: [0; 2],
+    };
+    let bufs: [&wgpu::Buffer; 7] = [
+        b.qkv, b.k_cache, b.v_cache, b.out, b.d_out, b.stats, b.d_qkv,
+    ];
+    [
+        (0u64, t * a.n_head),
+        (1, t * a.n_head),
+        (2, t * a.n_kv_head),
+    ]
+    .into_iter()
+    .map(|(mode, count)| {
+        let constants = [("HD4", (a.head_dim / 4) as u64), ("MODE", mode)];
+        dispatch(
+            gpu,
+            "attention_backward",
+            &constants,
+            &params,
+            &bufs,
+            [count.div_ceil(64), 1, 1],
+        )
+    })
+    .collect()
+}
+
+/// Backward of the rotary embedding on the q and k columns of `d_qkv` (positions `0..t`).
+pub fn rope_backward(
+    gpu: &Gpu,
+    a: AttnShape,
+    t: u32,
+    d_qkv: &Buffer,
+    rope_table: &Buffer,
+) -> Result<Dispatch, GpuError> {
+    let params = RopeParams {
+        n_head: a.n_head,
+        n_kv_head: a.n_kv_head,
+        head_dim: a.head_dim,
+        t,
+        qkv_stride: a.qkv_stride(),
+        kv_cap: a.kv_cap,
+        _pad: [0; 2],
+    };
+    let n = t * (a.n_head + a.n_kv_head) * a.head_dim / 2;
+    let [gx, gy, _] = grid(n.div_ceil(64));
+    dispatch(
+        gpu,
+        "rope_backward",
+        &[("NEOX", a.neox as u64)],
+        &params,
+        &[d_qkv, rope_table],
+        [gx, gy, 1],
+    )
+}
+
 /// Cross-entropy of `rows` rows of logits against `labels`: per-row losses into `loss`, and
 /// each row replaced by its gradient of the mean loss (`grad_scale` = 1 / loss positions).
 pub fn cross_entropy(

@@ -51,6 +51,14 @@ pub const FILES: &[(&str, &str)] = &[
         "lora_backward",
         include_str!("../shaders/lora_backward.wgsl"),
     ),
+    (
+        "attention_backward",
+        include_str!("../shaders/attention_backward.wgsl"),
+    ),
+    (
+        "rope_backward",
+        include_str!("../shaders/rope_backward.wgsl"),
+    ),
 ];
 
 /// Kernels with an entry point (the rest are included by them).
@@ -71,6 +79,8 @@ pub const KERNELS: &[&str] = &[
     "rmsnorm_backward",
     "swiglu_backward",
     "lora_backward",
+    "attention_backward",
+    "rope_backward",
 ];
 
 fn file(name: &str) -> Result<&'static str, String> {

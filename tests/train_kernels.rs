@@ -2,7 +2,9 @@
 //! differences) and AdamW (against PyTorch's update rule in f64).
 
 use lamina::gpu::{Gpu, GpuOptions};
-use lamina::kernels::{self, reference, AdamW, LoraGrad, LoraShape, QMatrix};
+use lamina::kernels::{
+    self, reference, AdamW, AttnBackward, AttnShape, LoraGrad, LoraShape, QMatrix,
+};
 use lamina::quant::{self, GgmlType};
 use rand::{Rng, SeedableRng};
 
@@ -353,5 +355,85 @@ fn lora_backward_matches_finite_differences() {
                 1e-3,
             );
         }
+    }
+}
+
+#[test]
+fn attention_and_rope_backward_match_finite_differences() {
+    let gpu = Gpu::new(GpuOptions::default()).unwrap();
+    let mut r = rng();
+    for neox in [false, true] {
+        let a = AttnShape {
+            n_head: 4,
+            n_kv_head: 2,
+            head_dim: 8,
+            kv_cap: 5,
+            neox,
+            kv_f16: false,
+        };
+        let (nh, nkv, hd, t) = (4usize, 2usize, 8usize, 5usize);
+        let stride = a.qkv_stride() as usize;
+        let table = kernels::rope_table(a.head_dim, 10000.0, 8);
+        // Unrotated q, k, v rows (what the QKV matmul produces).
+        let qkv: Vec<f32> = (0..t * stride)
+            .map(|_| r.random::<f32>() * 2.0 - 1.0)
+            .collect();
+        let d_out: Vec<f32> = (0..t * nh * hd).map(|_| r.random::<f32>() - 0.5).collect();
+        // CPU forward from unrotated rows: rope, then causal attention.
+        let forward = |qkv: &[f32]| -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+            let mut q = Vec::new();
+            let mut rot = qkv.to_vec();
+            let mut k = vec![0f32; nkv * t * hd];
+            let mut v = vec![0f32; nkv * t * hd];
+            for ti in 0..t {
+                for h in 0..nh + nkv {
+                    let s = &mut rot[ti * stride + h * hd..][..hd];
+                    reference::rope(s, &table, ti, neox);
+                }
+                q.extend_from_slice(&rot[ti * stride..][..nh * hd]);
+                for h in 0..nkv {
+                    k[(h * t + ti) * hd..][..hd]
+                        .copy_from_slice(&rot[ti * stride + (nh + h) * hd..][..hd]);
+                    v[(h * t + ti) * hd..][..hd]
+                        .copy_from_slice(&qkv[ti * stride + (nh + nkv + h) * hd..][..hd]);
+                }
+            }
+            let o = reference::attention(&q, &k, &v, nh, nkv, hd, t, 0);
+            (rot, k, v, o)
+        };
+        let loss = |qkv: &[f32]| -> f64 {
+            let (_, _, _, o) = forward(qkv);
+            o.iter()
+                .zip(&d_out)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum()
+        };
+        let (rot, k, v, o) = forward(&qkv);
+        let up = |x: &[f32]| gpu.storage_init("b", bytemuck::cast_slice(x)).unwrap();
+        let (qb, kb, vb, ob, dob) = (up(&rot), up(&k), up(&v), up(&o), up(&d_out));
+        let stats = gpu.storage("stats", (t * nh * 8) as u64).unwrap();
+        let dqkv = gpu.storage("dqkv", (t * stride * 4) as u64).unwrap();
+        let tb = up(bytemuck::cast_slice(&table));
+        let mut ds = kernels::attention_backward(
+            &gpu,
+            a,
+            t as u32,
+            AttnBackward {
+                qkv: &qb,
+                k_cache: &kb,
+                v_cache: &vb,
+                out: &ob,
+                d_out: &dob,
+                stats: &stats,
+                d_qkv: &dqkv,
+            },
+        )
+        .unwrap();
+        ds.push(kernels::rope_backward(&gpu, a, t as u32, &dqkv, &tb).unwrap());
+        kernels::run(&gpu, &ds).unwrap();
+        let grad = gpu.read_f32(&dqkv, 0, (t * stride) as u64).unwrap();
+        // Every coordinate: q, k and v of every token and head.
+        let coords: Vec<usize> = (0..t * stride).collect();
+        check_fd(&loss, &qkv, &grad, &coords, 1e-2, 2e-3);
     }
 }
