@@ -381,6 +381,21 @@ struct RopeParams {
     _pad: [u32; 2],
 }
 
+/// Parameters and grid of the rotary kernels: one invocation per (token, head, pair).
+fn rope_params(a: AttnShape, t: u32) -> (RopeParams, [u32; 3]) {
+    let params = RopeParams {
+        n_head: a.n_head,
+        n_kv_head: a.n_kv_head,
+        head_dim: a.head_dim,
+        t,
+        qkv_stride: a.qkv_stride(),
+        kv_cap: a.kv_cap,
+        _pad: [0; 2],
+    };
+    let n = t * (a.n_head + a.n_kv_head) * a.head_dim / 2;
+    (params, grid(n.div_ceil(64)))
+}
+
 /// The per-step uniform (position of the batch's first token) that rope and attention read.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Default)]
@@ -401,17 +416,7 @@ pub fn rope_kv(
     k_cache: &Buffer,
     v_cache: &Buffer,
 ) -> Result<Dispatch, GpuError> {
-    let params = RopeParams {
-        n_head: a.n_head,
-        n_kv_head: a.n_kv_head,
-        head_dim: a.head_dim,
-        t,
-        qkv_stride: a.qkv_stride(),
-        kv_cap: a.kv_cap,
-        _pad: [0; 2],
-    };
-    let n = t * (a.n_head + a.n_kv_head) * a.head_dim / 2;
-    let [gx, gy, _] = grid(n.div_ceil(64));
+    let (params, [gx, gy, _]) = rope_params(a, t);
     dispatch_flags(
         gpu,
         "rope_kv",
@@ -941,17 +946,7 @@ pub fn rope_backward(
     d_qkv: &Buffer,
     rope_table: &Buffer,
 ) -> Result<Dispatch, GpuError> {
-    let params = RopeParams {
-        n_head: a.n_head,
-        n_kv_head: a.n_kv_head,
-        head_dim: a.head_dim,
-        t,
-        qkv_stride: a.qkv_stride(),
-        kv_cap: a.kv_cap,
-        _pad: [0; 2],
-    };
-    let n = t * (a.n_head + a.n_kv_head) * a.head_dim / 2;
-    let [gx, gy, _] = grid(n.div_ceil(64));
+    let (params, [gx, gy, _]) = rope_params(a, t);
     dispatch(
         gpu,
         "rope_backward",
