@@ -2,7 +2,8 @@
 
 // Causal grouped-query attention over the KV cache, one invocation per (token, head), with an
 // online softmax (running max and sum) so scores are never stored. No barriers, no shared
-// memory: on software devices those cost more than they save.
+// memory: on software devices those cost more than they save. Rows are SEQ-token sequences
+// laid end to end, each with its own cache slice (see rope_kv.wgsl).
 
 override HD4: u32 = 16u;   // head_dim / 4, at most 32
 
@@ -14,7 +15,7 @@ struct Params {
     kv_cap: u32,
     out_stride: u32,
     scale: f32,
-    _pad: u32,
+    seq: u32,
 }
 
 struct Step {
@@ -47,8 +48,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var acc: array<vec4<f32>, 32>;
     var m = -3.0e38;
     var l = 0.0;
-    let n_keys = step.pos0 + t + 1u;
-    let base = kvh * p.kv_cap * HD4;
+    let n_keys = step.pos0 + t % p.seq + 1u;
+    let base = ((t / p.seq) * p.n_kv_head + kvh) * p.kv_cap * HD4;
     for (var j = 0u; j < n_keys; j++) {
         let ko = base + j * HD4;
         var s4 = vec4<f32>(0.0);

@@ -1,5 +1,5 @@
-// Backward of causal grouped-query attention for a training sequence starting at position 0,
-// in three modes (override MODE), one invocation per (token, head) or (key, kv head):
+// Backward of causal grouped-query attention for training sequences of SEQ tokens laid end to
+// end, each starting at position 0 with its own cache slice (see rope_kv.wgsl), in three modes (override MODE), one invocation per (token, head) or (key, kv head):
 //   0: STATS[t, h] = (logsumexp_j s_tj, D_th = dO_th . O_th)       s_tj = scale * q_th . k_j
 //   1: dq_th = scale * sum_{j<=t} P_tj (dO_th . v_j - D_th) k_j     P_tj = exp(s_tj - lse_th)
 //   2: dk_j = scale * sum_{h in group, t>=j} P_tj (dO_th . v_j - D_th) q_th,
@@ -17,7 +17,7 @@ struct Params {
     qkv_stride: u32,  // floats per QKV / DQKV row
     kv_cap: u32,
     scale: f32,
-    _a: u32,
+    seq: u32,
     _b: u32,
 }
 
@@ -34,8 +34,9 @@ fn q_at(t: u32, h: u32) -> u32 {
     return (t * p.qkv_stride) / 4u + h * HD4;
 }
 
-fn kv_at(kvh: u32, j: u32) -> u32 {
-    return (kvh * p.kv_cap + j) * HD4;
+// Key j of the sequence that holds query row `row`.
+fn kv_at(row: u32, kvh: u32, j: u32) -> u32 {
+    return (((row / p.seq) * p.n_kv_head + kvh) * p.kv_cap + j) * HD4;
 }
 
 fn o_at(t: u32, h: u32) -> u32 {
@@ -45,7 +46,7 @@ fn o_at(t: u32, h: u32) -> u32 {
 fn dot_qk(t: u32, h: u32, kvh: u32, j: u32) -> f32 {
     var s = vec4<f32>(0.0);
     let qo = q_at(t, h);
-    let ko = kv_at(kvh, j);
+    let ko = kv_at(t, kvh, j);
     for (var i = 0u; i < HD4; i++) {
         s += QKV[qo + i] * KC[ko + i];
     }
@@ -55,7 +56,7 @@ fn dot_qk(t: u32, h: u32, kvh: u32, j: u32) -> f32 {
 fn dot_dov(t: u32, h: u32, kvh: u32, j: u32) -> f32 {
     var s = vec4<f32>(0.0);
     let oo = o_at(t, h);
-    let vo = kv_at(kvh, j);
+    let vo = kv_at(t, kvh, j);
     for (var i = 0u; i < HD4; i++) {
         s += DO[oo + i] * VC[vo + i];
     }
@@ -74,11 +75,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
             let kvh = h / group;
             var m = -3.0e38;
-            for (var j = 0u; j <= t; j++) {
+            let last = t % p.seq;
+            for (var j = 0u; j <= last; j++) {
                 m = max(m, dot_qk(t, h, kvh, j));
             }
             var z = 0.0;
-            for (var j = 0u; j <= t; j++) {
+            for (var j = 0u; j <= last; j++) {
                 z += exp(dot_qk(t, h, kvh, j) - m);
             }
             var d = vec4<f32>(0.0);
@@ -97,10 +99,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             let kvh = h / group;
             let st = STATS[t * p.n_head + h];
             var acc: array<vec4<f32>, 32>;
-            for (var j = 0u; j <= t; j++) {
+            for (var j = 0u; j <= t % p.seq; j++) {
                 let pj = exp(dot_qk(t, h, kvh, j) - st.x);
                 let ds = pj * (dot_dov(t, h, kvh, j) - st.y);
-                let ko = kv_at(kvh, j);
+                let ko = kv_at(t, kvh, j);
                 for (var i = 0u; i < HD4; i++) {
                     acc[i] += ds * KC[ko + i];
                 }
@@ -116,14 +118,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             if (j >= p.t) {
                 return;
             }
+            let jl = j % p.seq;
+            let seq_end = min(j - jl + p.seq, p.t);
             var dk: array<vec4<f32>, 32>;
             var dv: array<vec4<f32>, 32>;
             for (var g = 0u; g < group; g++) {
                 let h = kvh * group + g;
-                for (var t = j; t < p.t; t++) {
+                for (var t = j; t < seq_end; t++) {
                     let st = STATS[t * p.n_head + h];
-                    let pj = exp(dot_qk(t, h, kvh, j) - st.x);
-                    let ds = pj * (dot_dov(t, h, kvh, j) - st.y);
+                    let pj = exp(dot_qk(t, h, kvh, jl) - st.x);
+                    let ds = pj * (dot_dov(t, h, kvh, jl) - st.y);
                     let qo = q_at(t, h);
                     let oo = o_at(t, h);
                     for (var i = 0u; i < HD4; i++) {

@@ -1,13 +1,15 @@
 // Cross-entropy over rows of logits, forward and backward in one pass: for row i with label
 // LABELS[i], LOSS[i] = logsumexp(x) - x[label], and the row is overwritten with its gradient
 // d(mean loss)/dx = (softmax(x) - onehot(label)) * GRAD_SCALE (1 / number of loss positions).
-// One workgroup per row: two reductions (max, then sum of exp) over the vocabulary.
+// One workgroup per row: two reductions (max, then sum of exp) over the vocabulary. A label
+// of 0xffffffff marks a padding row: no loss and a zero gradient. Labels and losses are read
+// from LABEL0 on, so a long list can be processed in chunks of rows.
 
 struct Params {
     n: u32,            // vocabulary (row length)
     rows: u32,
     grad_scale: f32,
-    _pad: u32,
+    label0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -52,6 +54,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         return;
     }
     let base = row * p.n;
+    let label = LABELS[p.label0 + row];
+    if (label == 0xffffffffu) {
+        for (var i = li; i < p.n; i += 256u) {
+            X[base + i] = 0.0;
+        }
+        if (li == 0u) {
+            LOSS[p.label0 + row] = 0.0;
+        }
+        return;
+    }
     var m = -3.4e38;
     for (var i = li; i < p.n; i += 256u) {
         m = max(m, X[base + i]);
@@ -62,10 +74,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         s += exp(X[base + i] - m);
     }
     s = reduce_sum(li, s);
-    let label = LABELS[row];
     let lse = m + log(s);
     if (li == 0u) {
-        LOSS[row] = lse - X[base + label];
+        LOSS[p.label0 + row] = lse - X[base + label];
     }
     workgroupBarrier();
     let inv = 1.0 / s;

@@ -1,6 +1,6 @@
 // Backward of the rotary embedding on the q and k columns of DQKV rows, in place: the
 // transpose of a rotation is the rotation by the opposite angle. Positions start at 0
-// (a training sequence). Pairs as in rope_kv.wgsl.
+// (training sequences of SEQ tokens laid end to end). Pairs as in rope_kv.wgsl.
 
 override NEOX: bool = false;
 
@@ -10,8 +10,8 @@ struct Params {
     head_dim: u32,
     t: u32,
     qkv_stride: u32,
-    _a: u32,
-    _b: u32,
+    _kv_cap: u32,
+    seq: u32,
     _c: u32,
 }
 
@@ -30,7 +30,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (t >= p.t) {
         return;
     }
-    let cs = ROPE[t * half_d + i];
+    let cs = ROPE[(t % p.seq) * half_d + i];
     var a = 2u * i;
     var b = 2u * i + 1u;
     if (NEOX) {

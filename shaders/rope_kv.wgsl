@@ -5,6 +5,8 @@
 // CPU fills in f32 exactly as the reference does (GPU sin/cos are approximate at large angles).
 // NEOX pairs (i, i + d/2) (Qwen2 in GGUF); otherwise adjacent pairs (2i, 2i + 1), which is what
 // llama.cpp's converter leaves for Llama's permuted q/k.
+// Rows are SEQ-token sequences laid end to end (a training batch; inference runs one sequence,
+// SEQ = t): sequence b keeps its keys in its own cache slice [b][kv head][pos][dim].
 
 override NEOX: bool = false;
 
@@ -15,7 +17,7 @@ struct Params {
     t: u32,
     qkv_stride: u32,  // floats per token row of QKV
     kv_cap: u32,      // cache positions per kv head
-    _pad0: u32,
+    seq: u32,         // tokens per sequence
     _pad1: u32,
 }
 
@@ -44,7 +46,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (t >= p.t) {
         return;
     }
-    let pos = step.pos0 + t;
+    let seq_i = t / p.seq;
+    let pos = step.pos0 + t % p.seq;
     let cs = ROPE[pos * half_d + i];
     var a = 2u * i;
     var b = 2u * i + 1u;
@@ -63,7 +66,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         QKV[base + b] = r1;
     } else {
         let kvh = slot - p.n_head;
-        let c = (kvh * p.kv_cap + pos) * p.head_dim;
+        let c = ((seq_i * p.n_kv_head + kvh) * p.kv_cap + pos) * p.head_dim;
         KC[c + a] = kv_t(r0);
         KC[c + b] = kv_t(r1);
         let v = row + (p.n_head + p.n_kv_head + kvh) * p.head_dim;

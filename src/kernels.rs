@@ -353,6 +353,9 @@ pub struct AttnShape {
     pub neox: bool,
     /// The cache holds f16 (needs the device's shader-f16), else f32.
     pub kv_f16: bool,
+    /// Tokens per sequence when a batch holds several sequences end to end, each with its own
+    /// cache slice `[seq][kv head][kv_cap][head_dim]` (training); 0: one sequence of `t`.
+    pub seq_len: u32,
 }
 
 impl AttnShape {
@@ -367,6 +370,15 @@ impl AttnShape {
     pub fn qkv_stride(&self) -> u32 {
         (self.n_head + 2 * self.n_kv_head) * self.head_dim
     }
+
+    /// Tokens per sequence in a batch of `t` rows.
+    fn seq(&self, t: u32) -> u32 {
+        if self.seq_len == 0 {
+            t.max(1)
+        } else {
+            self.seq_len
+        }
+    }
 }
 
 #[repr(C)]
@@ -378,7 +390,8 @@ struct RopeParams {
     t: u32,
     qkv_stride: u32,
     kv_cap: u32,
-    _pad: [u32; 2],
+    seq: u32,
+    _pad: u32,
 }
 
 /// Parameters and grid of the rotary kernels: one invocation per (token, head, pair).
@@ -390,7 +403,8 @@ fn rope_params(a: AttnShape, t: u32) -> (RopeParams, [u32; 3]) {
         t,
         qkv_stride: a.qkv_stride(),
         kv_cap: a.kv_cap,
-        _pad: [0; 2],
+        seq: a.seq(t),
+        _pad: 0,
     };
     let n = t * (a.n_head + a.n_kv_head) * a.head_dim / 2;
     (params, grid(n.div_ceil(64)))
@@ -469,7 +483,7 @@ struct AttnParams {
     kv_cap: u32,
     out_stride: u32,
     scale: f32,
-    _pad: u32,
+    seq: u32,
 }
 
 /// Causal attention of `t` queries (at positions `step.pos0 ..`) over the cache.
@@ -492,7 +506,7 @@ pub fn attention(
         kv_cap: a.kv_cap,
         out_stride: a.n_head * a.head_dim,
         scale: 1.0 / (a.head_dim as f32).sqrt(),
-        _pad: 0,
+        seq: a.seq(t),
     };
     dispatch_flags(
         gpu,
@@ -904,7 +918,8 @@ pub fn attention_backward(
         qkv_stride: u32,
         kv_cap: u32,
         scale: f32,
-        _pad: [u32; 2],
+        seq: u32,
+        _pad: u32,
     }
     let params = P {
         n_head: a.n_head,
@@ -913,7 +928,8 @@ pub fn attention_backward(
         qkv_stride: a.qkv_stride(),
         kv_cap: a.kv_cap,
         scale: 1.0 / (a.head_dim as f32).sqrt(),
-        _pad: [0; 2],
+        seq: a.seq(t),
+        _pad: 0,
     };
     let bufs: [&wgpu::Buffer; 7] = [
         b.qkv, b.k_cache, b.v_cache, b.out, b.d_out, b.stats, b.d_qkv,
@@ -957,8 +973,10 @@ pub fn rope_backward(
     )
 }
 
-/// Cross-entropy of `rows` rows of logits against `labels`: per-row losses into `loss`, and
-/// each row replaced by its gradient of the mean loss (`grad_scale` = 1 / loss positions).
+/// Cross-entropy of `rows` rows of logits against `labels[label0..]`: per-row losses into
+/// `loss[label0..]`, and each row replaced by its gradient of the mean loss (`grad_scale` =
+/// 1 / loss positions). A label of [`PAD_ROW`] gives no loss and a zero gradient.
+#[allow(clippy::too_many_arguments)]
 pub fn cross_entropy(
     gpu: &Gpu,
     logits: &Buffer,
@@ -966,6 +984,7 @@ pub fn cross_entropy(
     loss: &Buffer,
     vocab: u32,
     rows: u32,
+    label0: u32,
     grad_scale: f32,
 ) -> Result<Dispatch, GpuError> {
     #[repr(C)]
@@ -974,13 +993,13 @@ pub fn cross_entropy(
         n: u32,
         rows: u32,
         grad_scale: f32,
-        _pad: u32,
+        label0: u32,
     }
     let params = P {
         n: vocab,
         rows,
         grad_scale,
-        _pad: 0,
+        label0,
     };
     dispatch(
         gpu,
@@ -990,6 +1009,56 @@ pub fn cross_entropy(
         &[logits, labels, loss],
         [rows.max(1), 1, 1],
     )
+}
+
+/// Index (or label) of a padding row for [`gather_rows`] and [`cross_entropy`].
+pub const PAD_ROW: u32 = u32::MAX;
+
+/// `rows` rows of `d` floats moved by `idx[row0..]`: gather `dst[i] = src[idx[i]]` (zero for
+/// [`PAD_ROW`]) or scatter `dst[idx[i]] = src[i]` (padding dropped).
+#[allow(clippy::too_many_arguments)]
+pub fn gather_rows(
+    gpu: &Gpu,
+    gather: bool,
+    src: &Buffer,
+    idx: &Buffer,
+    dst: &Buffer,
+    rows: u32,
+    d: u32,
+    row0: u32,
+) -> Result<Dispatch, GpuError> {
+    let params = RowParams {
+        n: rows,
+        row_offset: d / 4,
+        extra: row0,
+        _pad: 0,
+    };
+    let [gx, gy, _] = grid((rows * d / 4).div_ceil(64));
+    dispatch(
+        gpu,
+        "gather_rows",
+        &[("GATHER", gather as u64)],
+        &params,
+        &[src, idx, dst],
+        [gx, gy, 1],
+    )
+}
+
+/// `out[slot] = sum of x[i]^2` over the first `n` values of `x`.
+pub fn sum_squares(
+    gpu: &Gpu,
+    x: &Buffer,
+    out: &Buffer,
+    n: u32,
+    slot: u32,
+) -> Result<Dispatch, GpuError> {
+    let params = RowParams {
+        n,
+        row_offset: slot,
+        extra: 0,
+        _pad: 0,
+    };
+    dispatch(gpu, "sum_squares", &[], &params, &[x, out], [1, 1, 1])
 }
 
 /// AdamW hyper-parameters (PyTorch semantics).
@@ -1163,6 +1232,10 @@ pub mod reference {
         let mut loss = Vec::new();
         let mut grad = vec![0f32; x.len()];
         for (r, &label) in labels.iter().enumerate() {
+            if label == super::PAD_ROW {
+                loss.push(0.0);
+                continue;
+            }
             let row = &x[r * n..][..n];
             let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
             let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();

@@ -548,6 +548,7 @@ impl Llama {
             kv_cap: self.opts.context,
             neox: self.cfg.rope_neox,
             kv_f16: self.opts.kv_f16,
+            seq_len: 0,
         }
     }
 

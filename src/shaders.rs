@@ -59,6 +59,8 @@ pub const FILES: &[(&str, &str)] = &[
         "rope_backward",
         include_str!("../shaders/rope_backward.wgsl"),
     ),
+    ("gather_rows", include_str!("../shaders/gather_rows.wgsl")),
+    ("sum_squares", include_str!("../shaders/sum_squares.wgsl")),
 ];
 
 /// Kernels with an entry point (the rest are included by them).
@@ -81,6 +83,8 @@ pub const KERNELS: &[&str] = &[
     "lora_backward",
     "attention_backward",
     "rope_backward",
+    "gather_rows",
+    "sum_squares",
 ];
 
 fn file(name: &str) -> Result<&'static str, String> {

@@ -212,6 +212,7 @@ fn rope_kv_and_attention_match_reference() {
                 kv_cap: 24,
                 neox,
                 kv_f16: gpu.f16,
+                seq_len: 0,
             };
             let hd = a.head_dim as usize;
             let (nh, nkv, cap) = (a.n_head as usize, a.n_kv_head as usize, a.kv_cap as usize);

@@ -18,21 +18,26 @@ fn rng() -> rand::rngs::StdRng {
 fn cross_entropy_matches_reference_and_finite_differences() {
     let gpu = Gpu::new(GpuOptions::default()).unwrap();
     let mut r = rng();
-    let (rows, vocab) = (3usize, 1000usize);
+    let (rows, vocab) = (4usize, 1000usize);
     let x: Vec<f32> = (0..rows * vocab)
         .map(|_| r.random::<f32>() * 8.0 - 4.0)
         .collect();
-    let labels: Vec<u32> = (0..rows).map(|_| r.random_range(0..vocab as u32)).collect();
+    let mut labels: Vec<u32> = (0..rows).map(|_| r.random_range(0..vocab as u32)).collect();
+    // A padding row: no loss, zero gradient.
+    labels[2] = kernels::PAD_ROW;
     let scale = 1.0 / rows as f32;
     let xb = gpu.storage_init("x", bytemuck::cast_slice(&x)).unwrap();
+    // The kernel reads labels and writes losses from an offset (chunks of rows).
+    let shifted: Vec<u32> = [7].into_iter().chain(labels.iter().copied()).collect();
     let lb = gpu
-        .storage_init("l", bytemuck::cast_slice(&labels))
+        .storage_init("l", bytemuck::cast_slice(&shifted))
         .unwrap();
-    let loss_b = gpu.storage("loss", rows as u64 * 4).unwrap();
-    let d =
-        kernels::cross_entropy(&gpu, &xb, &lb, &loss_b, vocab as u32, rows as u32, scale).unwrap();
+    let loss_b = gpu.storage("loss", (rows as u64 + 1) * 4).unwrap();
+    let d = kernels::cross_entropy(&gpu, &xb, &lb, &loss_b, vocab as u32, rows as u32, 1, scale)
+        .unwrap();
     kernels::run(&gpu, &[d]).unwrap();
-    let loss = gpu.read_f32(&loss_b, 0, rows as u64).unwrap();
+    let loss = gpu.read_f32(&loss_b, 1, rows as u64).unwrap();
+    assert_eq!(loss[2], 0.0);
     let grad = gpu.read_f32(&xb, 0, (rows * vocab) as u64).unwrap();
     let (want_loss, want_grad) = reference::cross_entropy(&x, &labels, scale);
     for (a, b) in loss.iter().zip(&want_loss) {
@@ -54,6 +59,7 @@ fn cross_entropy_matches_reference_and_finite_differences() {
     let mut coords: Vec<usize> = labels
         .iter()
         .enumerate()
+        .filter(|(_, &l)| l != kernels::PAD_ROW)
         .map(|(i, &l)| i * vocab + l as usize)
         .collect();
     coords.extend((0..5).map(|_| r.random_range(0..rows * vocab)));
@@ -69,6 +75,50 @@ fn cross_entropy_matches_reference_and_finite_differences() {
             grad[c]
         );
     }
+}
+
+#[test]
+fn gather_scatter_rows_and_sum_squares_match_reference() {
+    let gpu = Gpu::new(GpuOptions::default()).unwrap();
+    let mut r = rng();
+    let (rows, d) = (9usize, 12usize);
+    let src: Vec<f32> = (0..rows * d).map(|_| r.random::<f32>() - 0.5).collect();
+    // Index list read from offset 2: rows 7, pad, 3, 0.
+    let idx = [5u32, 5, 7, kernels::PAD_ROW, 3, 0];
+    let sb = gpu.storage_init("s", bytemuck::cast_slice(&src)).unwrap();
+    let ib = gpu.storage_init("i", bytemuck::cast_slice(&idx)).unwrap();
+    let gathered = gpu.storage("g", (4 * d * 4) as u64).unwrap();
+    let back = gpu
+        .storage_init("b", bytemuck::cast_slice(&vec![9f32; rows * d]))
+        .unwrap();
+    let sums = gpu.storage("sums", 8).unwrap();
+    let ds = vec![
+        kernels::gather_rows(&gpu, true, &sb, &ib, &gathered, 4, d as u32, 2).unwrap(),
+        kernels::gather_rows(&gpu, false, &gathered, &ib, &back, 4, d as u32, 2).unwrap(),
+        kernels::sum_squares(&gpu, &sb, &sums, (rows * d) as u32, 1).unwrap(),
+    ];
+    kernels::run(&gpu, &ds).unwrap();
+    let g = gpu.read_f32(&gathered, 0, (4 * d) as u64).unwrap();
+    for (i, &j) in idx[2..].iter().enumerate() {
+        let want: Vec<f32> = if j == kernels::PAD_ROW {
+            vec![0.0; d]
+        } else {
+            src[j as usize * d..][..d].to_vec()
+        };
+        assert_eq!(&g[i * d..][..d], &want[..], "gathered row {i}");
+    }
+    let b = gpu.read_f32(&back, 0, (rows * d) as u64).unwrap();
+    for row in 0..rows {
+        let want = if [7, 3, 0].contains(&row) {
+            src[row * d..][..d].to_vec()
+        } else {
+            vec![9.0; d]
+        };
+        assert_eq!(&b[row * d..][..d], &want[..], "scattered row {row}");
+    }
+    let want: f64 = src.iter().map(|&v| (v as f64).powi(2)).sum();
+    let got = gpu.read_f32(&sums, 1, 1).unwrap()[0] as f64;
+    assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
 }
 
 #[test]
@@ -363,42 +413,59 @@ fn attention_and_rope_backward_match_finite_differences() {
     let gpu = Gpu::new(GpuOptions::default()).unwrap();
     let mut r = rng();
     for neox in [false, true] {
+        // Two sequences of 5 tokens end to end, each with its own cache slice.
+        let (nh, nkv, hd, t, n_seq) = (4usize, 2usize, 8usize, 5usize, 2usize);
         let a = AttnShape {
-            n_head: 4,
-            n_kv_head: 2,
-            head_dim: 8,
-            kv_cap: 5,
+            n_head: nh as u32,
+            n_kv_head: nkv as u32,
+            head_dim: hd as u32,
+            kv_cap: t as u32,
             neox,
             kv_f16: false,
+            seq_len: t as u32,
         };
-        let (nh, nkv, hd, t) = (4usize, 2usize, 8usize, 5usize);
+        let rows = t * n_seq;
         let stride = a.qkv_stride() as usize;
         let table = kernels::rope_table(a.head_dim, 10000.0, 8);
         // Unrotated q, k, v rows (what the QKV matmul produces).
-        let qkv: Vec<f32> = (0..t * stride)
+        let qkv: Vec<f32> = (0..rows * stride)
             .map(|_| r.random::<f32>() * 2.0 - 1.0)
             .collect();
-        let d_out: Vec<f32> = (0..t * nh * hd).map(|_| r.random::<f32>() - 0.5).collect();
-        // CPU forward from unrotated rows: rope, then causal attention.
+        let d_out: Vec<f32> = (0..rows * nh * hd)
+            .map(|_| r.random::<f32>() - 0.5)
+            .collect();
+        // CPU forward from unrotated rows: rope, then causal attention, per sequence.
         let forward = |qkv: &[f32]| -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
-            let mut q = Vec::new();
             let mut rot = qkv.to_vec();
-            let mut k = vec![0f32; nkv * t * hd];
-            let mut v = vec![0f32; nkv * t * hd];
-            for ti in 0..t {
-                for h in 0..nh + nkv {
-                    let s = &mut rot[ti * stride + h * hd..][..hd];
-                    reference::rope(s, &table, ti, neox);
+            let mut k = vec![0f32; n_seq * nkv * t * hd];
+            let mut v = vec![0f32; n_seq * nkv * t * hd];
+            let mut o = Vec::new();
+            for sq in 0..n_seq {
+                let mut q = Vec::new();
+                for ti in 0..t {
+                    let row = (sq * t + ti) * stride;
+                    for h in 0..nh + nkv {
+                        reference::rope(&mut rot[row + h * hd..][..hd], &table, ti, neox);
+                    }
+                    q.extend_from_slice(&rot[row..][..nh * hd]);
+                    for h in 0..nkv {
+                        let c = ((sq * nkv + h) * t + ti) * hd;
+                        k[c..][..hd].copy_from_slice(&rot[row + (nh + h) * hd..][..hd]);
+                        v[c..][..hd].copy_from_slice(&qkv[row + (nh + nkv + h) * hd..][..hd]);
+                    }
                 }
-                q.extend_from_slice(&rot[ti * stride..][..nh * hd]);
-                for h in 0..nkv {
-                    k[(h * t + ti) * hd..][..hd]
-                        .copy_from_slice(&rot[ti * stride + (nh + h) * hd..][..hd]);
-                    v[(h * t + ti) * hd..][..hd]
-                        .copy_from_slice(&qkv[ti * stride + (nh + nkv + h) * hd..][..hd]);
-                }
+                let kv = sq * nkv * t * hd..(sq + 1) * nkv * t * hd;
+                o.extend(reference::attention(
+                    &q,
+                    &k[kv.clone()],
+                    &v[kv],
+                    nh,
+                    nkv,
+                    hd,
+                    t,
+                    0,
+                ));
             }
-            let o = reference::attention(&q, &k, &v, nh, nkv, hd, t, 0);
             (rot, k, v, o)
         };
         let loss = |qkv: &[f32]| -> f64 {
@@ -409,15 +476,46 @@ fn attention_and_rope_backward_match_finite_differences() {
                 .sum()
         };
         let (rot, k, v, o) = forward(&qkv);
+        // The batched forward (rope + cache append + attention per sequence) against the CPU.
+        {
+            let up = |x: &[f32]| gpu.storage_init("b", bytemuck::cast_slice(x)).unwrap();
+            let (qkv_b, tb) = (up(&qkv), up(bytemuck::cast_slice(&table)));
+            let kc = gpu.storage("k", (k.len() * 4) as u64).unwrap();
+            let vc = gpu.storage("v", (v.len() * 4) as u64).unwrap();
+            let out = gpu.storage("o", (o.len() * 4) as u64).unwrap();
+            let step = gpu
+                .uniform_init("step", bytemuck::bytes_of(&kernels::Step::default()))
+                .unwrap();
+            let n = rows as u32;
+            let ds = vec![
+                kernels::rope_kv(&gpu, a, n, &step, &qkv_b, &tb, &kc, &vc).unwrap(),
+                kernels::attention(&gpu, a, n, &step, &qkv_b, &kc, &vc, &out).unwrap(),
+            ];
+            kernels::run(&gpu, &ds).unwrap();
+            let max_err = |got: Vec<f32>, want: &[f32]| {
+                got.iter()
+                    .zip(want)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            };
+            assert!(max_err(gpu.read_f32(&out, 0, o.len() as u64).unwrap(), &o) < 1e-5);
+            assert!(max_err(gpu.read_f32(&kc, 0, k.len() as u64).unwrap(), &k) < 1e-5);
+            assert!(max_err(gpu.read_f32(&vc, 0, v.len() as u64).unwrap(), &v) < 1e-6);
+            // q is rotated in place (k goes to the cache).
+            let got_q = gpu.read_f32(&qkv_b, 0, rot.len() as u64).unwrap();
+            for row in 0..rows {
+                let q = row * stride..row * stride + nh * hd;
+                assert!(max_err(got_q[q.clone()].to_vec(), &rot[q]) < 1e-5);
+            }
+        }
         let up = |x: &[f32]| gpu.storage_init("b", bytemuck::cast_slice(x)).unwrap();
         let (qb, kb, vb, ob, dob) = (up(&rot), up(&k), up(&v), up(&o), up(&d_out));
-        let stats = gpu.storage("stats", (t * nh * 8) as u64).unwrap();
-        let dqkv = gpu.storage("dqkv", (t * stride * 4) as u64).unwrap();
+        let stats = gpu.storage("stats", (rows * nh * 8) as u64).unwrap();
+        let dqkv = gpu.storage("dqkv", (rows * stride * 4) as u64).unwrap();
         let tb = up(bytemuck::cast_slice(&table));
         let mut ds = kernels::attention_backward(
             &gpu,
             a,
-            t as u32,
+            rows as u32,
             AttnBackward {
                 qkv: &qb,
                 k_cache: &kb,
@@ -429,11 +527,11 @@ fn attention_and_rope_backward_match_finite_differences() {
             },
         )
         .unwrap();
-        ds.push(kernels::rope_backward(&gpu, a, t as u32, &dqkv, &tb).unwrap());
+        ds.push(kernels::rope_backward(&gpu, a, rows as u32, &dqkv, &tb).unwrap());
         kernels::run(&gpu, &ds).unwrap();
-        let grad = gpu.read_f32(&dqkv, 0, (t * stride) as u64).unwrap();
+        let grad = gpu.read_f32(&dqkv, 0, (rows * stride) as u64).unwrap();
         // Every coordinate: q, k and v of every token and head.
-        let coords: Vec<usize> = (0..t * stride).collect();
+        let coords: Vec<usize> = (0..rows * stride).collect();
         check_fd(&loss, &qkv, &grad, &coords, 1e-2, 2e-3);
     }
 }
