@@ -1,7 +1,9 @@
 //! Lamina: run and fine-tune small language models on the user's own GPU.
 //!
 //! Data path: [`gguf`] file -> [`model::Weights`] on the GPU (still quantized) ->
-//! [`model::Llama`] forward -> logits -> [`generate::Session`] sampling.
+//! [`model::Llama`] forward -> logits -> [`generate::Session`] sampling; and for training,
+//! [`dataset`] -> [`train::Trainer`] (forward, loss, backward into LoRA gradients, AdamW on
+//! the GPU) -> [`adapter`] in the PEFT layout.
 
 pub mod adapter;
 pub mod dataset;
@@ -17,4 +19,5 @@ pub mod model;
 pub mod quant;
 pub mod shaders;
 pub mod tokenizer;
+pub mod train;
 pub use error::{Error, Result};

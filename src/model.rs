@@ -234,7 +234,13 @@ impl Linear {
         })
     }
 
-    fn dispatch(&self, gpu: &Gpu, x: &Buffer, y: &Buffer, s: MatmulShape) -> Result<Vec<Dispatch>> {
+    pub(crate) fn dispatch(
+        &self,
+        gpu: &Gpu,
+        x: &Buffer,
+        y: &Buffer,
+        s: MatmulShape,
+    ) -> Result<Vec<Dispatch>> {
         let mut out = Vec::new();
         for (m, col) in &self.parts {
             let shape = MatmulShape {
@@ -371,7 +377,7 @@ impl Weights {
                 .sum::<u64>()
     }
 
-    fn head(&self) -> &QMatrix {
+    pub(crate) fn head(&self) -> &QMatrix {
         self.output.as_ref().unwrap_or(&self.tok_embd)
     }
 }
@@ -425,7 +431,8 @@ struct Activations {
 pub struct Llama {
     pub gpu: Arc<Gpu>,
     pub cfg: Config,
-    pub weights: Weights,
+    /// Shared with trainers, which run their own plans over the same weights.
+    pub weights: Arc<Weights>,
     pub opts: ModelOptions,
     k_cache: Vec<Buffer>,
     v_cache: Vec<Buffer>,
@@ -488,7 +495,7 @@ impl Llama {
         Ok(Llama {
             gpu,
             cfg,
-            weights,
+            weights: Arc::new(weights),
             opts,
             k_cache,
             v_cache,

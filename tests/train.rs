@@ -1,0 +1,166 @@
+//! LoRA training on the real SmolLM2 file against Hugging Face PEFT
+//! (`../shared/fixtures/smollm2/lora.safetensors`): the loss, every LoRA gradient, and the
+//! losses over five AdamW steps on the same batch.
+
+use lamina::adapter::{LoraConfig, LoraWeights, MODULES};
+use lamina::gguf::GgufFile;
+use lamina::gpu::{Gpu, GpuOptions};
+use lamina::kernels::AdamW;
+use lamina::model::{Llama, ModelOptions};
+use lamina::train::{TrainableAdapter, Trainer, TrainerOptions};
+use safetensors::SafeTensors;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/smollm2");
+
+struct Fixture {
+    data: Vec<u8>,
+    expected: serde_json::Value,
+}
+
+impl Fixture {
+    fn load() -> Fixture {
+        Fixture {
+            data: std::fs::read(format!("{FIXTURES}/lora.safetensors")).unwrap(),
+            expected: serde_json::from_str(
+                &std::fs::read_to_string(format!("{FIXTURES}/expected.json")).unwrap(),
+            )
+            .unwrap(),
+        }
+    }
+
+    fn st(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.data).unwrap()
+    }
+
+    fn weights(&self) -> LoraWeights {
+        let lora = &self.expected["lora"];
+        let config = LoraConfig {
+            r: lora["r"].as_u64().unwrap() as u32,
+            alpha: lora["lora_alpha"].as_f64().unwrap() as f32,
+            use_rslora: false,
+        };
+        LoraWeights::from_safetensors(&self.data, config).unwrap()
+    }
+
+    /// (input ids, labels, rows)
+    fn batch(&self) -> (Vec<u32>, Vec<i64>, usize) {
+        let st = self.st();
+        let i64s = |name: &str| -> Vec<i64> {
+            bytemuck::pod_collect_to_vec(st.tensor(name).unwrap().data())
+        };
+        let ids = i64s("batch.input_ids").iter().map(|&v| v as u32).collect();
+        let rows = st.tensor("batch.input_ids").unwrap().shape()[0];
+        (ids, i64s("batch.labels"), rows)
+    }
+
+    fn f32s(&self, name: &str) -> Vec<f32> {
+        bytemuck::pod_collect_to_vec(self.st().tensor(name).unwrap().data())
+    }
+}
+
+fn model() -> Llama {
+    let g = GgufFile::open(lamina::fetch::default_model().unwrap()).unwrap();
+    let gpu = Gpu::new(GpuOptions::default()).unwrap();
+    let opts = ModelOptions {
+        context: 64,
+        batch: 8,
+        ..Default::default()
+    };
+    Llama::load(gpu, &g, opts).unwrap()
+}
+
+fn trainer(model: &Llama, fx: &Fixture, recompute: bool) -> Trainer {
+    let (ids, _, rows) = fx.batch();
+    let adapter = TrainableAdapter::from_weights(&model.gpu, &model.cfg, &fx.weights()).unwrap();
+    let opts = TrainerOptions {
+        max_batch: rows as u32,
+        max_seq: (ids.len() / rows) as u32,
+        recompute,
+    };
+    Trainer::new(model, adapter, opts).unwrap()
+}
+
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in got.iter().zip(want) {
+        num += (*a as f64 - *b as f64).powi(2);
+        den += (*b as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+#[test]
+fn loss_and_every_lora_gradient_match_peft() {
+    let fx = Fixture::load();
+    let model = model();
+    let want_loss = fx.expected["lora"]["loss_mean_over_completion_tokens"]
+        .as_f64()
+        .unwrap();
+    let (ids, labels, rows) = fx.batch();
+    for recompute in [false, true] {
+        let mut tr = trainer(&model, &fx, recompute);
+        tr.zero_grad();
+        let out = tr.accumulate(&ids, &labels, rows).unwrap();
+        let loss = out.sum / out.tokens as f64;
+        eprintln!("recompute {recompute}: loss {loss:.7} vs PEFT {want_loss:.7}");
+        assert!(((loss - want_loss) / want_loss).abs() < 1e-4);
+        let grads = tr.gradients().unwrap();
+        assert_eq!(grads.len(), 30 * 7);
+        let mut worst = (0f64, String::new());
+        for ((layer, m), (da, db)) in &grads {
+            let module = MODULES[*m];
+            let part = if *m < 4 { "self_attn" } else { "mlp" };
+            for (ab, got) in [("A", da), ("B", db)] {
+                let name = format!(
+                    "base_model.model.model.layers.{layer}.{part}.{module}.lora_{ab}.weight.grad"
+                );
+                let want = fx.f32s(&name);
+                assert_eq!(got.len(), want.len(), "{name}");
+                let e = rel_l2(got, &want);
+                if e > worst.0 {
+                    worst = (e, name);
+                }
+            }
+        }
+        eprintln!(
+            "worst gradient relative L2 error {:.2e} ({})",
+            worst.0, worst.1
+        );
+        assert!(worst.0 < 1e-3, "{worst:?}");
+    }
+}
+
+#[test]
+fn five_adamw_steps_follow_peft_losses() {
+    let fx = Fixture::load();
+    let model = model();
+    let lora = &fx.expected["lora"];
+    let want: Vec<f64> = lora["losses_over_5_adamw_steps_same_batch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let adam = &lora["adamw"];
+    let opt = AdamW {
+        lr: adam["lr"].as_f64().unwrap() as f32,
+        beta1: adam["betas"][0].as_f64().unwrap() as f32,
+        beta2: adam["betas"][1].as_f64().unwrap() as f32,
+        eps: adam["eps"].as_f64().unwrap() as f32,
+        weight_decay: adam["weight_decay"].as_f64().unwrap() as f32,
+    };
+    let (ids, labels, rows) = fx.batch();
+    let mut tr = trainer(&model, &fx, false);
+    tr.zero_grad();
+    let mut got = Vec::new();
+    for _ in 0..want.len() {
+        let out = tr.accumulate(&ids, &labels, rows).unwrap();
+        got.push(out.sum / out.tokens as f64);
+        let step = tr.optimizer_step(&opt, None).unwrap();
+        assert!(!step.skipped);
+    }
+    eprintln!("losses {got:?}\nPEFT   {want:?}");
+    for (g, w) in got.iter().zip(&want) {
+        assert!(((g - w) / w).abs() < 0.01, "{got:?} vs {want:?}");
+    }
+}
