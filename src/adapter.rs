@@ -169,6 +169,67 @@ impl LoraWeights {
     }
 }
 
+/// PEFT's tensor name for module `m` of `layer` (without the adapter name).
+pub fn peft_name(layer: u32, m: usize, is_b: bool) -> String {
+    let part = if m < 4 { "self_attn" } else { "mlp" };
+    let ab = if is_b { "B" } else { "A" };
+    format!(
+        "base_model.model.model.layers.{layer}.{part}.{}.lora_{ab}.weight",
+        MODULES[m]
+    )
+}
+
+/// Serializes `(name, shape, values)` f32 tensors as safetensors bytes.
+pub fn safetensors_f32(tensors: &[(String, Vec<usize>, &[f32])]) -> Result<Vec<u8>> {
+    use safetensors::tensor::TensorView;
+    let mut views = BTreeMap::new();
+    for (name, shape, data) in tensors {
+        let view = TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
+            .map_err(|e| Error::Invalid(format!("tensor '{name}': {e}")))?;
+        views.insert(name.clone(), view);
+    }
+    safetensors::serialize(&views, None).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+impl LoraWeights {
+    /// Writes a PEFT adapter folder: `adapter_model.safetensors` (f32, PEFT names) and
+    /// `adapter_config.json`, each written atomically, so PEFT's `PeftModel.from_pretrained`
+    /// loads it on the Hugging Face model and [`LoraWeights::load`] reads it back exactly.
+    pub fn save(&self, dir: &Path, dropout: f32, base_model: Option<&str>) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        let r = self.config.r as usize;
+        let mut tensors = Vec::new();
+        let mut targets = std::collections::BTreeSet::new();
+        for (&(layer, m), (a, b)) in &self.tensors {
+            targets.insert(m);
+            tensors.push((peft_name(layer, m, false), vec![r, a.len() / r], &a[..]));
+            tensors.push((peft_name(layer, m, true), vec![b.len() / r, r], &b[..]));
+        }
+        let bytes = safetensors_f32(&tensors)?;
+        crate::fetch::write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
+        let config = serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": self.config.r,
+            "lora_alpha": self.config.alpha,
+            "lora_dropout": dropout,
+            "use_rslora": self.config.use_rslora,
+            "target_modules": targets.iter().map(|&m| MODULES[m]).collect::<Vec<_>>(),
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "init_lora_weights": true,
+            "inference_mode": true,
+            "modules_to_save": null,
+            "layers_to_transform": null,
+            "use_dora": false,
+        });
+        let text =
+            serde_json::to_string_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+        crate::fetch::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())
+    }
+}
+
 /// (input, output) features of a module.
 pub fn module_dims(cfg: &Config, module: usize) -> (u32, u32) {
     match MODULES[module] {

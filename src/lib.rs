@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod fetch;
+pub mod finetune;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;

@@ -178,11 +178,152 @@ enum Cmd {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Fine-tune a LoRA adapter on a data file and save it in the PEFT layout.
+    ///
+    /// Data: JSONL with {"prompt","completion"}, {"messages":[...]} (chat template; loss on
+    /// assistant turns) or {"text","label"} (through --template); or CSV with a header.
+    Train {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Training data (.jsonl, .json or .csv).
+        #[arg(long)]
+        data: PathBuf,
+        /// Adapter folder to write (adapter_model.safetensors + adapter_config.json); the
+        /// checkpoint goes to OUT/checkpoint.
+        #[arg(long)]
+        out: PathBuf,
+        /// TOML file with any of the training settings (flags given here override it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        flags: Box<TrainFlags>,
+        /// Continue from OUT/checkpoint (same config and data).
+        #[arg(long)]
+        resume: bool,
+        /// Print one line per step instead of a progress bar.
+        #[arg(long)]
+        log: bool,
+    },
+    /// Loss and every LoRA gradient of one batch, for comparison with other frameworks.
+    ///
+    /// The batch is a safetensors file with `input_ids`, `labels` (-100 = no loss) and
+    /// `attention_mask` (i64 [B, T], right padding). The output holds `loss` and
+    /// `<PEFT name>.grad` for every lora_A / lora_B tensor.
+    Grad {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The batch file (names may carry a `batch.` prefix).
+        #[arg(long)]
+        batch: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Fetch and verify a model (the default one unless --model says otherwise), print its path.
     Fetch {
         #[arg(long, value_enum, default_value_t = FetchModel::Smollm2)]
         model: FetchModel,
     },
+}
+
+/// Training settings on the command line; each overrides the config file's value.
+#[derive(Args, Clone, Default)]
+struct TrainFlags {
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<u32>,
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<u32>,
+    #[arg(long)]
+    lr: Option<f32>,
+    #[arg(long)]
+    warmup_steps: Option<u32>,
+    /// constant, linear or cosine.
+    #[arg(long)]
+    schedule: Option<String>,
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// 0 = no clipping.
+    #[arg(long)]
+    max_grad_norm: Option<f32>,
+    /// LoRA rank.
+    #[arg(long)]
+    rank: Option<u32>,
+    #[arg(long)]
+    alpha: Option<f32>,
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// Scale alpha / sqrt(r).
+    #[arg(long)]
+    rslora: bool,
+    /// Comma-separated target modules (default: all seven projections).
+    #[arg(long)]
+    targets: Option<String>,
+    /// Longest example in tokens.
+    #[arg(long)]
+    max_len: Option<u32>,
+    /// Share of examples held out for validation.
+    #[arg(long)]
+    validation: Option<f32>,
+    #[arg(long)]
+    eval_every: Option<u32>,
+    #[arg(long)]
+    checkpoint_every: Option<u32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Recompute activations in the backward (less memory, about a third slower).
+    #[arg(long)]
+    recompute: bool,
+    /// Prompt template for {"text","label"} rows, `{text}` standing for the text.
+    #[arg(long)]
+    template: Option<String>,
+    /// Two field names to read (CSV columns or JSON keys), e.g. `review,sentiment`.
+    #[arg(long)]
+    columns: Option<String>,
+    /// Skip malformed rows (they are counted) instead of stopping at the first.
+    #[arg(long)]
+    skip_malformed: bool,
+}
+
+impl TrainFlags {
+    fn apply(&self, c: &mut lamina::finetune::TrainConfig) -> lamina::Result<()> {
+        macro_rules! set {
+            ($($f:ident => $t:expr),*) => { $( if let Some(v) = self.$f { $t = v; } )* };
+        }
+        set!(epochs => c.epochs, max_steps => c.max_steps, batch_size => c.batch_size,
+             grad_accum => c.grad_accum, lr => c.lr, warmup_steps => c.warmup_steps,
+             weight_decay => c.weight_decay, max_grad_norm => c.max_grad_norm,
+             rank => c.lora.r, alpha => c.lora.alpha, dropout => c.lora.dropout,
+             max_len => c.max_len, validation => c.validation_fraction,
+             eval_every => c.eval_every, checkpoint_every => c.checkpoint_every, seed => c.seed);
+        if let Some(s) = &self.schedule {
+            c.schedule = match s.as_str() {
+                "constant" => lamina::finetune::Schedule::Constant,
+                "linear" => lamina::finetune::Schedule::Linear,
+                "cosine" => lamina::finetune::Schedule::Cosine,
+                _ => {
+                    return Err(lamina::Error::Invalid(format!(
+                        "schedule '{s}' (constant, linear or cosine)"
+                    )))
+                }
+            };
+        }
+        if self.rslora {
+            c.lora.use_rslora = true;
+        }
+        if self.recompute {
+            c.recompute = Some(true);
+        }
+        if let Some(t) = &self.targets {
+            c.lora.targets = t.split(',').map(|s| s.trim().to_string()).collect();
+        }
+        Ok(())
+    }
 }
 
 /// The models `lamina fetch` knows.
@@ -281,6 +422,16 @@ fn run(cli: Cli) -> lamina::Result<()> {
             Ok(())
         }
         Cmd::Info { model } => info(&model),
+        Cmd::Train {
+            model,
+            data,
+            out,
+            config,
+            flags,
+            resume,
+            log,
+        } => train(&model, &data, &out, config.as_deref(), &flags, resume, log),
+        Cmd::Grad { model, batch, out } => grad(&model, &batch, &out),
         Cmd::Fetch { model } => {
             let path = match model {
                 FetchModel::Smollm2 => lamina::fetch::default_model()?,
@@ -377,6 +528,233 @@ fn print_device(model: &ModelArgs) -> lamina::Result<()> {
         "limits: max storage binding {} MiB, max buffer {} MiB",
         gpu.limits.max_storage_buffer_binding_size >> 20,
         gpu.limits.max_buffer_size >> 20
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train(
+    model: &ModelArgs,
+    data: &Path,
+    out: &Path,
+    config: Option<&Path>,
+    flags: &TrainFlags,
+    resume: bool,
+    log: bool,
+) -> lamina::Result<()> {
+    use lamina::dataset::{Dataset, DatasetOptions, Format};
+    use lamina::finetune::{fine_tune, RunOptions, TrainConfig, TrainEvent};
+    let mut cfg = match config {
+        Some(p) => TrainConfig::from_toml(&std::fs::read_to_string(p).map_err(|e| {
+            lamina::Error::File {
+                path: p.to_path_buf(),
+                detail: e.to_string(),
+            }
+        })?)?,
+        None => TrainConfig::default(),
+    };
+    flags.apply(&mut cfg)?;
+    let engine = model.load_base()?;
+    let opts = DatasetOptions {
+        format: flags.template.as_ref().map(|t| Format::TextLabel {
+            template: t.clone(),
+            label_map: None,
+        }),
+        max_len: cfg.max_len as usize,
+        skip_malformed: flags.skip_malformed,
+        csv_columns: flags.columns.as_ref().and_then(|c| {
+            c.split_once(',')
+                .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+        }),
+        ..Default::default()
+    };
+    let dataset = Dataset::load(data, &engine.tokenizer, &opts)?;
+    eprintln!(
+        "{}: {} examples ({} skipped, {} truncated to {} tokens)",
+        data.display(),
+        dataset.len(),
+        dataset.skipped.len(),
+        dataset.truncated,
+        cfg.max_len
+    );
+    let pad = engine.tokenizer.eos_ids().first().copied().unwrap_or(0);
+    let bar = indicatif::ProgressBar::hidden();
+    let mut listener = |e: &TrainEvent| match e {
+        TrainEvent::Started {
+            total_steps,
+            train_examples,
+            validation_examples,
+            first_step,
+            recompute,
+        } => {
+            eprintln!(
+                "training {total_steps} steps on {train_examples} examples ({validation_examples} held out){}{}",
+                if *first_step > 1 { format!(", resuming at step {first_step}") } else { String::new() },
+                if *recompute { ", recomputing activations" } else { "" }
+            );
+            if !log {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_length(*total_steps as u64);
+                bar.set_position(*first_step as u64 - 1);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:30} {pos}/{len} [{elapsed} < {eta}] {msg}",
+                    )
+                    .unwrap(),
+                );
+            }
+        }
+        TrainEvent::Step(s) => {
+            let msg = format!(
+                "loss {:.4} | lr {:.2e} | grad norm {:.3}{} | {:.1} tok/s | peak GPU {:.0} MiB",
+                s.loss,
+                s.lr,
+                s.grad_norm,
+                if s.skipped {
+                    " (not finite: skipped)"
+                } else {
+                    ""
+                },
+                s.tokens_per_sec,
+                s.peak_gpu_bytes as f64 / 1048576.0
+            );
+            if log {
+                eprintln!(
+                    "step {}/{} epoch {:.2} {msg}",
+                    s.step, s.total_steps, s.epoch
+                );
+            } else {
+                bar.set_position(s.step as u64);
+                bar.set_message(msg);
+            }
+        }
+        TrainEvent::Validation { step, loss } => {
+            bar.suspend(|| eprintln!("step {step}: validation loss {loss:.4}"))
+        }
+        TrainEvent::Checkpoint { .. } => {}
+        TrainEvent::Finished { steps, cancelled } => {
+            bar.finish();
+            eprintln!(
+                "{} after {steps} steps",
+                if *cancelled { "cancelled" } else { "done" }
+            );
+        }
+    };
+    let run = RunOptions {
+        checkpoint_dir: Some(out.to_path_buf()),
+        resume,
+        cancel: None,
+    };
+    let result = fine_tune(&engine.model, &dataset, pad, &cfg, &run, &mut listener)?;
+    let base = engine.path.display().to_string();
+    result
+        .weights
+        .save(out, cfg.lora.dropout, Some(base.as_str()))?;
+    eprintln!(
+        "adapter written to {} (apply with --adapter {})",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn grad(model: &ModelArgs, batch: &Path, out: &Path) -> lamina::Result<()> {
+    use lamina::adapter::{peft_name, LoraWeights};
+    use lamina::train::{TrainableAdapter, Trainer, TrainerOptions};
+    let file_err = |p: &Path, d: String| lamina::Error::File {
+        path: p.to_path_buf(),
+        detail: d,
+    };
+    let Some(dir) = model.adapter.first() else {
+        return Err(lamina::Error::Invalid(
+            "grad needs --adapter DIR (the starting LoRA weights)".into(),
+        ));
+    };
+    let weights = LoraWeights::load(Path::new(dir))?;
+    let bytes = std::fs::read(batch).map_err(|e| file_err(batch, e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| file_err(batch, e.to_string()))?;
+    let tensor = |name: &str| -> lamina::Result<(Vec<i64>, Vec<usize>)> {
+        let t = st
+            .tensor(name)
+            .or_else(|_| st.tensor(&format!("batch.{name}")))
+            .map_err(|_| file_err(batch, format!("no tensor '{name}'")))?;
+        let v: Vec<i64> = match t.dtype() {
+            safetensors::Dtype::I64 => bytemuck::pod_collect_to_vec(t.data()),
+            safetensors::Dtype::I32 => bytemuck::pod_collect_to_vec::<u8, i32>(t.data())
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+            d => {
+                return Err(file_err(
+                    batch,
+                    format!("'{name}' has dtype {d:?}, expected i64"),
+                ))
+            }
+        };
+        Ok((v, t.shape().to_vec()))
+    };
+    let (ids, shape) = tensor("input_ids")?;
+    let (labels, lshape) = tensor("labels")?;
+    let (mask, mshape) = tensor("attention_mask")?;
+    if shape.len() != 2 || lshape != shape || mshape != shape {
+        return Err(file_err(
+            batch,
+            format!("input_ids {shape:?}, labels {lshape:?} and attention_mask {mshape:?} must all be [B, T]"),
+        ));
+    }
+    let (rows, t) = (shape[0], shape[1]);
+    for r in 0..rows {
+        let m = &mask[r * t..][..t];
+        let n = m.iter().take_while(|&&v| v == 1).count();
+        if m[n..].iter().any(|&v| v != 0) {
+            return Err(file_err(
+                batch,
+                format!("row {r}: attention_mask is not right padding"),
+            ));
+        }
+        if labels[r * t + n..(r + 1) * t].iter().any(|&l| l != -100) {
+            return Err(file_err(batch, format!("row {r}: a label on padding")));
+        }
+    }
+    let engine = model.load_base()?;
+    let ids: Vec<u32> = ids
+        .iter()
+        .map(|&v| u32::try_from(v).map_err(|_| file_err(batch, format!("token id {v}"))))
+        .collect::<lamina::Result<_>>()?;
+    let adapter = TrainableAdapter::from_weights(&engine.model.gpu, &engine.model.cfg, &weights)?;
+    let opts = TrainerOptions {
+        max_batch: rows as u32,
+        max_seq: t as u32,
+        recompute: false,
+    };
+    let mut trainer = Trainer::new(&engine.model, adapter, opts)?;
+    trainer.zero_grad();
+    let res = trainer.accumulate(&ids, &labels, rows)?;
+    let loss = (res.sum / res.tokens.max(1) as f64) as f32;
+    let grads = trainer.gradients()?;
+    let loss_v = [loss];
+    let mut named: Vec<(String, Vec<usize>, &[f32])> = vec![("loss".into(), vec![], &loss_v[..])];
+    let r = weights.config.r as usize;
+    for (&(layer, m), (da, db)) in &grads {
+        named.push((
+            format!("{}.grad", peft_name(layer, m, false)),
+            vec![r, da.len() / r],
+            da,
+        ));
+        named.push((
+            format!("{}.grad", peft_name(layer, m, true)),
+            vec![db.len() / r, r],
+            db,
+        ));
+    }
+    let bytes = lamina::adapter::safetensors_f32(&named)?;
+    lamina::fetch::write_atomic(out, &bytes)?;
+    eprintln!(
+        "loss {loss:.6} over {} positions; {} gradient tensors written to {}",
+        res.tokens,
+        named.len() - 1,
+        out.display()
     );
     Ok(())
 }
