@@ -1,3 +1,5 @@
+#include dropout
+
 // Backward of a LoRA branch Y += scale * (X A^T) B^T, in four modes (override MODE), each a
 // small dense product with one invocation per output element:
 //   0: DU[t, j] = scale * sum_o DY[t, dy_col + o] * B[o, j]
@@ -6,9 +8,11 @@
 //   3: DX[t, k] += sum_j DU[t, j] * A[j, k]
 // Binding U holds U = X A^T for mode 1 and DU for modes 2 and 3.
 // X is read as the forward read it (SWIGLU_INPUT for down_proj). Gradients of A and B add up
-// over micro-batches when ACCUMULATE is set.
+// over micro-batches when ACCUMULATE is set. DROPOUT: X went through inverted dropout in the
+// forward (same seed), so dA sees the dropped X and dX is masked the same way.
 
 override MODE: u32;
+override DROPOUT: bool = false;
 override SWIGLU_INPUT: bool = false;
 override ACCUMULATE: bool = false;
 
@@ -22,8 +26,8 @@ struct Params {
     dy_col: u32,
     dx_stride: u32,
     scale: f32,
-    _a: u32,
-    _b: u32,
+    dropout: f32,
+    seed: u32,
     _c: u32,
 }
 
@@ -35,13 +39,20 @@ struct Params {
 @group(0) @binding(5) var<storage, read> U: array<f32>;
 @group(0) @binding(6) var<storage, read_write> OUT: array<f32>;
 
+fn mask(t: u32, k: u32) -> f32 {
+    if (DROPOUT) {
+        return dropout_keep(p.seed, t, k, p.dropout);
+    }
+    return 1.0;
+}
+
 fn x_at(t: u32, k: u32) -> f32 {
     let i = t * p.x_stride + k;
+    var x = X[i];
     if (SWIGLU_INPUT) {
-        let g = X[i];
-        return g / (1.0 + exp(-g)) * X[i + p.k];
+        x = x / (1.0 + exp(-x)) * X[i + p.k];
     }
-    return X[i];
+    return x * mask(t, k);
 }
 
 @compute @workgroup_size(64)
@@ -102,7 +113,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             for (var j = 0u; j < p.r; j++) {
                 s += U[t * p.r + j] * A[j * p.k + k];
             }
-            OUT[t * p.dx_stride + k] += s;
+            OUT[t * p.dx_stride + k] += s * mask(t, k);
         }
     }
 }

@@ -346,6 +346,10 @@ pub fn fine_tune(
             let idx = batch_at(state.micro_batches);
             let examples: Vec<_> = idx.iter().map(|&i| &data.examples[i]).collect();
             let (ids, labels, _mask, _t) = collate(&examples, pad_id);
+            // Dropout masks depend only on the seed and the position in the data.
+            trainer.set_dropout_seed(
+                cfg.seed ^ state.micro_batches.wrapping_mul(0x2545_f491_4f6c_dd1d),
+            );
             let out = trainer.accumulate(&ids, &labels, examples.len())?;
             loss_sum += out.sum;
             loss_tokens += out.tokens;

@@ -71,6 +71,12 @@ impl Counters {
             peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
         }
     }
+
+    /// Starts a new peak-memory measurement from the bytes in use now.
+    pub fn reset_peak(&self) {
+        self.peak_bytes
+            .store(self.bytes_in_use.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 /// A buffer whose bytes count towards the context's memory figure while it lives.
@@ -325,10 +331,12 @@ impl Gpu {
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
-        let source = shaders::source(kernel, &flags).map_err(|detail| GpuError::Shader {
-            kernel: kernel.into(),
-            detail,
-        })?;
+        let source = shaders::source(kernel, &flags)
+            .and_then(|s| shaders::specialize(&s, constants))
+            .map_err(|detail| GpuError::Shader {
+                kernel: kernel.into(),
+                detail,
+            })?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
@@ -336,7 +344,6 @@ impl Gpu {
                 label: Some(kernel),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
-        let consts: Vec<(&str, f64)> = constants.iter().map(|&(k, v)| (k, v as f64)).collect();
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -345,7 +352,7 @@ impl Gpu {
                 module: &module,
                 entry_point: Some("main"),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &consts,
+                    constants: &[],
                     zero_initialize_workgroup_memory: false,
                 },
                 cache: None,

@@ -605,7 +605,21 @@ pub fn penalty(
     )
 }
 
-/// LoRA down projection `U[t] = A . x[t]` (`A`: [r, k] f32), x read like a matmul input.
+/// Inverted dropout of a LoRA input during training: each feature is dropped with
+/// probability `p` (kept ones scaled by 1 / (1 - p)) by a hash of (`seed`, row, feature).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Dropout {
+    pub p: f32,
+    pub seed: u32,
+}
+
+/// Byte offset of the dropout seed in the parameters of [`lora_down`] and [`lora_backward`],
+/// for rewriting it between replays.
+pub const LORA_DOWN_SEED_OFFSET: u64 = 20;
+pub const LORA_BACKWARD_SEED_OFFSET: u64 = 40;
+
+/// LoRA down projection `U[t] = A . x[t]` (`A`: [r, k] f32), x read like a matmul input and
+/// put through `dropout` when its probability is non-zero.
 #[allow(clippy::too_many_arguments)]
 pub fn lora_down(
     gpu: &Gpu,
@@ -617,6 +631,7 @@ pub fn lora_down(
     t: u32,
     x_stride: u32,
     swiglu_input: bool,
+    dropout: Dropout,
 ) -> Result<Dispatch, GpuError> {
     #[repr(C)]
     #[derive(Clone, Copy, Pod, Zeroable)]
@@ -625,17 +640,26 @@ pub fn lora_down(
         r: u32,
         t: u32,
         x_stride4: u32,
+        dropout: f32,
+        seed: u32,
+        _pad: [u32; 2],
     }
     let params = P {
         k,
         r,
         t,
         x_stride4: x_stride / 4,
+        dropout: dropout.p,
+        seed: dropout.seed,
+        _pad: [0; 2],
     };
     dispatch(
         gpu,
         "lora_down",
-        &[("SWIGLU_INPUT", swiglu_input as u64)],
+        &[
+            ("SWIGLU_INPUT", swiglu_input as u64),
+            ("DROPOUT", (dropout.p > 0.0) as u64),
+        ],
         &params,
         &[a, x, u],
         [(t * r).div_ceil(64), 1, 1],
@@ -680,6 +704,10 @@ pub fn lora_up(
     dispatch(gpu, "lora_up", &[], &params, &[b, u, y], [gx, gy, 1])
 }
 
+/// Rows of W one [`matmul_t`] dispatch walks: llvmpipe stops an invocation after 65535 loop
+/// iterations in total, and each row costs up to 10 of them.
+const MATMUL_T_ROWS: u32 = 4096;
+
 /// Backward of a frozen quantized matmul: `DX[t] (+)= sum_n DY[t, dy_col + n] * W[n]`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_t(
@@ -702,32 +730,39 @@ pub fn matmul_t(
         dy_stride: u32,
         dy_col: u32,
         dx_stride4: u32,
-        _pad: [u32; 2],
+        w_row0: u32,
+        _pad: u32,
     }
-    let mut constants = w.constants();
+    // Token blocks of TB share each dequantized chunk; a few tokens need no blocking.
+    let tb = if t >= 4 { 4 } else { 1 };
+    let [gx, gy, _] = grid((t.div_ceil(tb) * w.cols / 32).div_ceil(64));
     let mut out = Vec::new();
-    for (i, piece) in w.pieces.iter().enumerate() {
-        // Pieces after the first add to what the earlier ones wrote.
-        constants.retain(|(k, _)| *k != "ACCUMULATE");
-        constants.push(("ACCUMULATE", (accumulate || i > 0) as u64));
-        let params = P {
-            k: w.cols,
-            n: piece.rows,
-            t,
-            dy_stride,
-            dy_col: dy_col + piece.row0,
-            dx_stride4: dx_stride / 4,
-            _pad: [0; 2],
-        };
-        let groups = (t * w.cols / 32).div_ceil(64);
-        out.push(dispatch(
-            gpu,
-            "matmul_t",
-            &constants,
-            &params,
-            &[&piece.buf, dy, dx],
-            [groups, 1, 1],
-        )?);
+    for piece in &w.pieces {
+        for row0 in (0..piece.rows).step_by(MATMUL_T_ROWS as usize) {
+            // Every dispatch after the first adds to what the earlier ones wrote.
+            let acc = accumulate || !out.is_empty();
+            let mut constants = w.constants();
+            constants.push(("ACCUMULATE", acc as u64));
+            constants.push(("TB", tb as u64));
+            let params = P {
+                k: w.cols,
+                n: MATMUL_T_ROWS.min(piece.rows - row0),
+                t,
+                dy_stride,
+                dy_col: dy_col + piece.row0,
+                dx_stride4: dx_stride / 4,
+                w_row0: row0,
+                _pad: 0,
+            };
+            out.push(dispatch(
+                gpu,
+                "matmul_t",
+                &constants,
+                &params,
+                &[&piece.buf, dy, dx],
+                [gx, gy, 1],
+            )?);
+        }
     }
     Ok(out)
 }
@@ -810,6 +845,8 @@ pub struct LoraShape {
     pub dx_stride: u32,
     pub scale: f32,
     pub swiglu_input: bool,
+    /// The forward's dropout of X (same seed).
+    pub dropout: Dropout,
 }
 
 /// Which product of the LoRA backward to compute (see shaders/lora_backward.wgsl).
@@ -850,7 +887,9 @@ pub fn lora_backward(
         dy_col: u32,
         dx_stride: u32,
         scale: f32,
-        _pad: [u32; 3],
+        dropout: f32,
+        seed: u32,
+        _pad: u32,
     }
     let params = P {
         k: s.k,
@@ -862,7 +901,9 @@ pub fn lora_backward(
         dy_col: s.dy_col,
         dx_stride: s.dx_stride,
         scale: s.scale,
-        _pad: [0; 3],
+        dropout: s.dropout.p,
+        seed: s.dropout.seed,
+        _pad: 0,
     };
     let (mode, accumulate, count) = match grad {
         LoraGrad::DU => (0, false, s.t * s.r),
@@ -874,6 +915,7 @@ pub fn lora_backward(
         ("MODE", mode),
         ("SWIGLU_INPUT", s.swiglu_input as u64),
         ("ACCUMULATE", accumulate as u64),
+        ("DROPOUT", (s.dropout.p > 0.0) as u64),
     ];
     let [gx, gy, _] = grid(count.div_ceil(64));
     dispatch(
@@ -1159,6 +1201,26 @@ pub mod reference {
                     .map(move |(v, g)| (*v as f64 * inv) as f32 * g)
             })
             .collect()
+    }
+
+    /// The mask of shaders/dropout.wgsl: 0 or 1 / (1 - p) for feature `k` of row `t`.
+    pub fn dropout_keep(seed: u32, t: u32, k: u32, p: f32) -> f32 {
+        fn hash(x: u32) -> u32 {
+            let mut h = x;
+            h ^= h >> 16;
+            h = h.wrapping_mul(0x7feb352d);
+            h ^= h >> 15;
+            h = h.wrapping_mul(0x846ca68b);
+            h ^= h >> 16;
+            h
+        }
+        let h = hash(seed ^ hash(t ^ hash(k.wrapping_add(0x9e3779b9))));
+        let u = (h >> 8) as f32 * (1.0 / 16777216.0);
+        if u >= p {
+            1.0 / (1.0 - p)
+        } else {
+            0.0
+        }
     }
 
     pub fn silu(x: f32) -> f32 {

@@ -16,6 +16,7 @@ pub mod gguf;
 pub mod gpu;
 pub mod hf;
 pub mod kernels;
+pub mod merge;
 pub mod model;
 pub mod quant;
 pub mod shaders;

@@ -580,7 +580,16 @@ impl Llama {
                     let u = self.lora_u.as_ref().expect("allocated with the adapters");
                     let (n_in, n_out) = module_dims(cfg, m);
                     plan.push(kernels::lora_down(
-                        gpu, &lm.a, x, u, n_in, ad.r, t, x_stride, swiglu,
+                        gpu,
+                        &lm.a,
+                        x,
+                        u,
+                        n_in,
+                        ad.r,
+                        t,
+                        x_stride,
+                        swiglu,
+                        Default::default(),
                     )?);
                     plan.push(kernels::lora_up(
                         gpu,

@@ -23,6 +23,7 @@ impl Flags {
 pub const FILES: &[(&str, &str)] = &[
     ("dequant", include_str!("../shaders/dequant.wgsl")),
     ("kv_type", include_str!("../shaders/kv_type.wgsl")),
+    ("dropout", include_str!("../shaders/dropout.wgsl")),
     ("matmul", include_str!("../shaders/matmul.wgsl")),
     ("rmsnorm", include_str!("../shaders/rmsnorm.wgsl")),
     ("embed", include_str!("../shaders/embed.wgsl")),
@@ -146,6 +147,50 @@ fn expand(name: &str, flags: &Flags, out: &mut String, depth: u32) -> Result<(),
 }
 
 /// Parses and validates a kernel variant with naga, as the device would (without a device).
+/// Turns the given override constants into plain `const` declarations in `source`.
+///
+/// Why not pipeline overrides: a loop bounded by an override is not unrolled by llvmpipe
+/// (Mesa 22.3), and llvmpipe caps the loop iterations of one invocation at 65535 in total,
+/// silently cutting off longer work; with `const` bounds the small inner loops unroll, so only
+/// the outer loops count. Each combination is its own pipeline either way.
+pub fn specialize(source: &str, constants: &[(&str, u64)]) -> Result<String, String> {
+    let mut out = String::with_capacity(source.len());
+    let mut found = vec![false; constants.len()];
+    for line in source.lines() {
+        let trimmed = line.trim_start();
+        let decl = trimmed.strip_prefix("override ").and_then(|rest| {
+            let (name, rest) = rest.split_once(':')?;
+            let ty = rest.split(['=', ';']).next()?.trim();
+            Some((name.trim(), ty))
+        });
+        let spec = decl.and_then(|(name, ty)| {
+            let i = constants.iter().position(|(n, _)| *n == name)?;
+            Some((i, name, ty))
+        });
+        match spec {
+            Some((i, name, ty)) => {
+                let v = constants[i].1;
+                let value = match ty {
+                    "bool" => (v != 0).to_string(),
+                    "u32" => format!("{v}u"),
+                    "i32" => format!("{}i", v as i64),
+                    other => return Err(format!("override {name}: {other} cannot be specialized")),
+                };
+                found[i] = true;
+                out.push_str(&format!("const {name}: {ty} = {value};\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    if let Some(i) = found.iter().position(|f| !f) {
+        return Err(format!("no override named {}", constants[i].0));
+    }
+    Ok(out)
+}
+
 pub fn validate(name: &str, flags: &Flags) -> Result<(), String> {
     let src = source(name, flags)?;
     let module = naga::front::wgsl::parse_str(&src)

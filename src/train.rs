@@ -33,7 +33,8 @@ use crate::adapter::{module_dims, GpuAdapter, LoraConfig, LoraModule, LoraWeight
 use crate::error::{Error, Result};
 use crate::gpu::{Buffer, Gpu};
 use crate::kernels::{
-    self, AdamW, AttnBackward, AttnShape, Dispatch, LoraGrad, LoraShape, MatmulShape, Step, PAD_ROW,
+    self, AdamW, AttnBackward, AttnShape, Dispatch, Dropout, LoraGrad, LoraShape, MatmulShape,
+    Step, LORA_BACKWARD_SEED_OFFSET, LORA_DOWN_SEED_OFFSET, PAD_ROW,
 };
 use crate::model::{Config, Linear, Llama, Weights};
 
@@ -144,6 +145,8 @@ pub(crate) struct ModuleState {
 /// gradients and optimizer moments, all on the GPU.
 pub struct TrainableAdapter {
     pub config: LoraConfig,
+    /// LoRA dropout probability during training.
+    pub dropout: f32,
     pub targets: [bool; 7],
     pub adapter: Arc<GpuAdapter>,
     pub(crate) state: Vec<[Option<ModuleState>; 7]>,
@@ -184,7 +187,9 @@ impl TrainableAdapter {
             config: settings.lora_config(),
             tensors,
         };
-        Self::from_weights(gpu, cfg, &w)
+        let mut adapter = Self::from_weights(gpu, cfg, &w)?;
+        adapter.dropout = settings.dropout;
+        Ok(adapter)
     }
 
     /// Starts from given A/B (a PEFT adapter, or the fixture's values).
@@ -211,6 +216,7 @@ impl TrainableAdapter {
         }
         Ok(TrainableAdapter {
             config: w.config.clone(),
+            dropout: 0.0,
             targets,
             adapter: Arc::new(adapter),
             state,
@@ -369,11 +375,33 @@ impl TrainableAdapter {
     }
 }
 
-/// A recorded step: kernel launches, with buffer copies and clears between them.
+/// A recorded step: its ops, and the parameter slots of the kernels that take the dropout
+/// seed (uniform buffer, byte offset, per-module salt), rewritten before each replay.
+#[derive(Default)]
+struct Plan {
+    ops: Vec<Op>,
+    seeds: Vec<(wgpu::Buffer, u64, u32)>,
+}
+
+impl Plan {
+    fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+}
+
+/// Kernel launches, with buffer copies and clears between them.
 enum Op {
     Run(Dispatch),
     Copy(wgpu::Buffer, wgpu::Buffer, u64),
     Clear(wgpu::Buffer),
+}
+
+/// A 32-bit mask seed for one module of one micro-batch (splitmix64 finalizer).
+fn mix_seed(base: u64, salt: u32) -> u32 {
+    let mut z = base ^ ((salt as u64) << 32 | salt as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as u32
 }
 
 fn encode(gpu: &Gpu, enc: &mut wgpu::CommandEncoder, ops: &[Op]) {
@@ -471,7 +499,9 @@ pub struct Trainer {
     logits: Buffer,
     d_head_x: Buffer,
     norms: Buffer,
-    plans: HashMap<(u32, u32, u32, bool), Vec<Op>>,
+    plans: HashMap<(u32, u32, u32, bool), Plan>,
+    /// Seed of the next micro-batch's dropout masks.
+    dropout_seed: u64,
     norm_plan: Vec<Dispatch>,
     adam_plan: Vec<(Dispatch, u32)>,
     /// Loss positions accumulated since the last optimizer step.
@@ -560,6 +590,7 @@ impl Trainer {
             norm_plan: Vec::new(),
             adam_plan: Vec::new(),
             pending_tokens: 0,
+            dropout_seed: 0,
             steps: 0,
             weights: model.weights.clone(),
             gpu,
@@ -573,6 +604,11 @@ impl Trainer {
 
     pub fn options(&self) -> TrainerOptions {
         self.opts
+    }
+
+    /// Seeds the dropout masks of the next micro-batch (each later one takes the next seed).
+    pub fn set_dropout_seed(&mut self, seed: u64) {
+        self.dropout_seed = seed;
     }
 
     fn build_optimizer_plans(&mut self) -> Result<()> {
@@ -734,8 +770,18 @@ impl Trainer {
             .write_buffer(&self.loss_idx, 0, bytemuck::cast_slice(&idx));
         gpu.queue
             .write_buffer(&self.labels, 0, bytemuck::cast_slice(&lab));
+        let plan = &self.plans[&key];
+        if !plan.seeds.is_empty() {
+            let base = self.dropout_seed;
+            self.dropout_seed = self.dropout_seed.wrapping_add(1);
+            for (buf, offset, salt) in &plan.seeds {
+                let seed = mix_seed(base, *salt);
+                gpu.queue
+                    .write_buffer(buf, *offset, bytemuck::bytes_of(&seed));
+            }
+        }
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        encode(&gpu, &mut enc, &self.plans[&key]);
+        encode(&gpu, &mut enc, &plan.ops);
         let staging = gpu.read_back_encode(&mut enc, &self.loss, 0, n_loss as u64 * 4)?;
         gpu.submit(enc);
         let bytes = gpu.finish_read_back(&staging, n_loss as u64 * 4)?;
@@ -842,11 +888,12 @@ impl Trainer {
     /// when `write_out`, else only what the backward needs (a replay under `recompute`).
     fn layer_forward(
         &self,
-        ops: &mut Vec<Op>,
+        ops: &mut Plan,
         l: usize,
         n_seq: u32,
         seq: u32,
         write_out: bool,
+        dropout: f32,
     ) -> Result<()> {
         let gpu = &*self.gpu;
         let cfg = &self.cfg;
@@ -868,7 +915,7 @@ impl Trainer {
         };
         let ad = &self.adapter;
         // `y[:, col..] += scale * B (A x)`, keeping `A x` for the backward.
-        let lora = |ops: &mut Vec<Op>,
+        let lora = |ops: &mut Plan,
                     m: usize,
                     x: &Buffer,
                     x_stride: u32,
@@ -877,7 +924,11 @@ impl Trainer {
          -> Result<()> {
             if let Some((lm, _)) = ad.module(l, m) {
                 let (n_in, n_out) = module_dims(cfg, m);
-                ops.push(Op::Run(kernels::lora_down(
+                let drop = Dropout {
+                    p: dropout,
+                    seed: 0,
+                };
+                let down = kernels::lora_down(
                     gpu,
                     &lm.a,
                     x,
@@ -887,7 +938,14 @@ impl Trainer {
                     rows,
                     x_stride,
                     swiglu,
-                )?));
+                    drop,
+                )?;
+                if dropout > 0.0 {
+                    let salt = (l * 7 + m) as u32;
+                    ops.seeds
+                        .push((down.uniform().clone(), LORA_DOWN_SEED_OFFSET, salt));
+                }
+                ops.push(Op::Run(down));
                 if let Some((y, y_stride, y_col)) = y {
                     ops.push(Op::Run(kernels::lora_up(
                         gpu,
@@ -973,7 +1031,14 @@ impl Trainer {
 
     /// Adds the backward of layer `l`: `d_h` holds d loss / d `h[l + 1]` and leaves holding
     /// d loss / d `h[l]`; LoRA gradients are added to the adapter's.
-    fn layer_backward(&self, ops: &mut Vec<Op>, l: usize, n_seq: u32, seq: u32) -> Result<()> {
+    fn layer_backward(
+        &self,
+        ops: &mut Plan,
+        l: usize,
+        n_seq: u32,
+        seq: u32,
+        dropout: f32,
+    ) -> Result<()> {
         let gpu = &*self.gpu;
         let cfg = &self.cfg;
         let lw = &self.weights.layers[l];
@@ -984,7 +1049,7 @@ impl Trainer {
         let shape = self.attn_shape(seq);
         let ad = &self.adapter;
         // dU, then dB, dA (accumulated) and dX (added to `dx`) of module `m`.
-        let lora = |ops: &mut Vec<Op>,
+        let lora = |ops: &mut Plan,
                     m: usize,
                     (x, x_stride, swiglu): (&Buffer, u32, bool),
                     (dy, dy_stride, dy_col): (&Buffer, u32, u32),
@@ -1005,8 +1070,13 @@ impl Trainer {
                 dx_stride,
                 scale: ad.adapter.scale,
                 swiglu_input: swiglu,
+                dropout: Dropout {
+                    p: dropout,
+                    seed: 0,
+                },
             };
             let du = &self.du;
+            let salt = (l * 7 + m) as u32;
             ops.push(Op::Run(kernels::lora_backward(
                 gpu,
                 LoraGrad::DU,
@@ -1029,31 +1099,20 @@ impl Trainer {
                 &a.u[m],
                 &st.db,
             )?));
-            ops.push(Op::Run(kernels::lora_backward(
-                gpu,
-                LoraGrad::DA { accumulate: true },
-                s,
-                x,
-                dy,
-                &lm.a,
-                &lm.b,
-                du,
-                &st.da,
-            )?));
-            ops.push(Op::Run(kernels::lora_backward(
-                gpu,
-                LoraGrad::DX,
-                s,
-                x,
-                dy,
-                &lm.a,
-                &lm.b,
-                du,
-                dx,
-            )?));
+            for (grad, out) in [
+                (LoraGrad::DA { accumulate: true }, &st.da),
+                (LoraGrad::DX, dx),
+            ] {
+                let dsp = kernels::lora_backward(gpu, grad, s, x, dy, &lm.a, &lm.b, du, out)?;
+                if dropout > 0.0 {
+                    ops.seeds
+                        .push((dsp.uniform().clone(), LORA_BACKWARD_SEED_OFFSET, salt));
+                }
+                ops.push(Op::Run(dsp));
+            }
             Ok(())
         };
-        let linear_t = |ops: &mut Vec<Op>,
+        let linear_t = |ops: &mut Plan,
                         lin: &Linear,
                         dy: &Buffer,
                         dy_stride: u32,
@@ -1185,18 +1244,20 @@ impl Trainer {
 
     /// The recorded step for a batch geometry: forward, loss over `n_loss` gathered rows
     /// (padded with [`PAD_ROW`]), and with `backward` the gradients.
-    fn build_plan(&self, n_seq: u32, seq: u32, n_loss: u32, backward: bool) -> Result<Vec<Op>> {
+    fn build_plan(&self, n_seq: u32, seq: u32, n_loss: u32, backward: bool) -> Result<Plan> {
         let gpu = &*self.gpu;
         let cfg = &self.cfg;
         let rows = n_seq * seq;
         let d = cfg.n_embd;
         let w = &*self.weights;
-        let mut ops = Vec::new();
+        // Dropout is a training-time regularizer: evaluation runs without it.
+        let dropout = if backward { self.adapter.dropout } else { 0.0 };
+        let mut ops = Plan::default();
         for dsp in kernels::embed(gpu, &w.tok_embd, &self.tokens, &self.h[0], rows)? {
             ops.push(Op::Run(dsp));
         }
         for l in 0..cfg.n_layer as usize {
-            self.layer_forward(&mut ops, l, n_seq, seq, true)?;
+            self.layer_forward(&mut ops, l, n_seq, seq, true, dropout)?;
         }
         let last = &self.h[cfg.n_layer as usize];
         ops.push(Op::Run(kernels::rmsnorm(
@@ -1295,9 +1356,9 @@ impl Trainer {
         )?));
         for l in (0..cfg.n_layer as usize).rev() {
             if self.opts.recompute {
-                self.layer_forward(&mut ops, l, n_seq, seq, false)?;
+                self.layer_forward(&mut ops, l, n_seq, seq, false, dropout)?;
             }
-            self.layer_backward(&mut ops, l, n_seq, seq)?;
+            self.layer_backward(&mut ops, l, n_seq, seq, dropout)?;
         }
         Ok(ops)
     }

@@ -86,6 +86,7 @@ fn config() -> TrainConfig {
     };
     c.lora.r = 4;
     c.lora.alpha = 8.0;
+    c.lora.dropout = 0.1;
     c.lora.targets = vec!["q_proj".into(), "v_proj".into(), "down_proj".into()];
     c
 }

@@ -325,3 +325,46 @@ fn argmax_topk_and_penalty_match_reference() {
         assert_eq!(got, sorted[..k as usize].to_vec(), "k={k}");
     }
 }
+
+/// A query late in a long cache (SmolLM2's whole 8192-token context): software devices cap
+/// the loop iterations of one invocation, so this checks nothing is cut off.
+#[test]
+fn attention_over_a_long_cache_matches_reference() {
+    let mut r = rng();
+    let gpu = &gpus()[0];
+    let (nh, nkv, hd, cap) = (3usize, 1usize, 64usize, 8192usize);
+    let a = AttnShape {
+        n_head: nh as u32,
+        n_kv_head: nkv as u32,
+        head_dim: hd as u32,
+        kv_cap: cap as u32,
+        neox: false,
+        kv_f16: false,
+        seq_len: 0,
+    };
+    let pos0 = cap - 1;
+    let k = randn(&mut r, nkv * cap * hd, 1.0);
+    let v = randn(&mut r, nkv * cap * hd, 1.0);
+    let qkv = randn(&mut r, a.qkv_stride() as usize, 1.0);
+    let (kb, vb, qb) = (
+        upload_f32(gpu, &k),
+        upload_f32(gpu, &v),
+        upload_f32(gpu, &qkv),
+    );
+    let step = gpu
+        .uniform_init(
+            "step",
+            bytemuck::bytes_of(&Step {
+                pos0: pos0 as u32,
+                _pad: [0; 3],
+            }),
+        )
+        .unwrap();
+    let out = gpu.storage("o", (nh * hd * 4) as u64).unwrap();
+    let d = kernels::attention(gpu, a, 1, &step, &qb, &kb, &vb, &out).unwrap();
+    kernels::run(gpu, &[d]).unwrap();
+    let got = gpu.read_f32(&out, 0, (nh * hd) as u64).unwrap();
+    let want = reference::attention(&qkv[..nh * hd], &k, &v, nh, nkv, hd, cap, pos0);
+    let e = max_rel_err(&got, &want);
+    assert!(e < 1e-4, "rel err {e}");
+}

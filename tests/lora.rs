@@ -44,6 +44,7 @@ fn lora_kernels_match_reference() {
             t as u32,
             stride as u32,
             swiglu,
+            Default::default(),
         )
         .unwrap();
         let d2 = kernels::lora_up(

@@ -205,26 +205,50 @@ fn quantized_matmul_backward_matches_finite_differences() {
         GgmlType::Q4_K,
         GgmlType::Q6_K,
     ] {
-        let (n, k, t) = (24usize, 256usize, 3usize);
-        let w: Vec<f32> = (0..n * k).map(|_| r.random::<f32>() - 0.5).collect();
-        let bytes = quant::quantize(ty, &w);
-        let wq = quant::dequantize(ty, &bytes).unwrap();
-        let m = QMatrix::upload(&gpu, "w", ty, n as u32, k as u32, &bytes).unwrap();
-        let x: Vec<f32> = (0..t * k).map(|_| r.random::<f32>() - 0.5).collect();
-        let dy: Vec<f32> = (0..t * n).map(|_| r.random::<f32>() - 0.5).collect();
-        let dyb = gpu.storage_init("dy", bytemuck::cast_slice(&dy)).unwrap();
-        let dxb = gpu.storage("dx", (t * k * 4) as u64).unwrap();
-        let d = kernels::matmul_t(&gpu, &m, &dyb, &dxb, t as u32, n as u32, 0, k as u32, false)
-            .unwrap();
-        kernels::run(&gpu, &d).unwrap();
-        let dx = gpu.read_f32(&dxb, 0, (t * k) as u64).unwrap();
-        // L = sum(dy * (x W^T)): dL/dx is what the kernel computes.
-        let loss = |x: &[f32]| -> f64 {
-            let y = reference::matmul(&wq, x, n, k);
-            y.iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum()
-        };
-        let coords: Vec<usize> = (0..6).map(|_| r.random_range(0..t * k)).collect();
-        check_fd(&loss, &x, &dx, &coords, 1e-2, 1e-3);
+        // 3 tokens: one per invocation; 6: a block of 4 and a partial one.
+        for (t, n, k) in [
+            (3usize, 24usize, 256usize),
+            (6, 24, 256),
+            (9, 40, 512),
+            (16, 40, 576),
+            (16, 9000, 576),
+        ] {
+            if k % 256 != 0 && matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
+                continue;
+            }
+            let w: Vec<f32> = (0..n * k).map(|_| r.random::<f32>() - 0.5).collect();
+            let bytes = quant::quantize(ty, &w);
+            let wq = quant::dequantize(ty, &bytes).unwrap();
+            let m = QMatrix::upload(&gpu, "w", ty, n as u32, k as u32, &bytes).unwrap();
+            let x: Vec<f32> = (0..t * k).map(|_| r.random::<f32>() - 0.5).collect();
+            let dy: Vec<f32> = (0..t * n).map(|_| r.random::<f32>() - 0.5).collect();
+            let dyb = gpu.storage_init("dy", bytemuck::cast_slice(&dy)).unwrap();
+            let dxb = gpu.storage("dx", (t * k * 4) as u64).unwrap();
+            let d = kernels::matmul_t(&gpu, &m, &dyb, &dxb, t as u32, n as u32, 0, k as u32, false)
+                .unwrap();
+            kernels::run(&gpu, &d).unwrap();
+            let dx = gpu.read_f32(&dxb, 0, (t * k) as u64).unwrap();
+            // L = sum(dy * (x W^T)): dL/dx is what the kernel computes.
+            let loss = |x: &[f32]| -> f64 {
+                let y = reference::matmul(&wq, x, n, k);
+                y.iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum()
+            };
+            let coords: Vec<usize> = (0..6).map(|_| r.random_range(0..t * k)).collect();
+            check_fd(&loss, &x, &dx, &coords, 1e-2, 1e-3);
+            // Every coordinate against dY W on the CPU.
+            for ti in 0..t {
+                for kk in 0..k {
+                    let want: f64 = (0..n)
+                        .map(|j| dy[ti * n + j] as f64 * wq[j * k + kk] as f64)
+                        .sum();
+                    let got = dx[ti * k + kk] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "{ty:?} t={t}: [{ti}, {kk}] {got} vs {want}"
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -285,9 +309,13 @@ fn swiglu_backward_matches_finite_differences() {
 fn lora_backward_matches_finite_differences() {
     let gpu = Gpu::new(GpuOptions::default()).unwrap();
     let mut r = rng();
-    for swiglu in [false, true] {
+    for (swiglu, p_drop) in [(false, 0.0), (true, 0.0), (false, 0.3), (true, 0.3)] {
         let (k, n, rank, t) = (32usize, 24usize, 4usize, 3usize);
         let x_stride = if swiglu { 2 * k } else { k };
+        let dropout = kernels::Dropout {
+            p: p_drop,
+            seed: r.random(),
+        };
         let scale = 2.0f32;
         let mut randv =
             |len: usize| -> Vec<f32> { (0..len).map(|_| r.random::<f32>() - 0.5).collect() };
@@ -302,15 +330,48 @@ fn lora_backward_matches_finite_differences() {
                 .flat_map(|ti| {
                     let row = x[ti * x_stride..][..x_stride].to_vec();
                     (0..k).map(move |j| {
-                        if swiglu {
+                        let v = if swiglu {
                             reference::silu(row[j]) * row[k + j]
                         } else {
                             row[j]
-                        }
+                        };
+                        v * reference::dropout_keep(dropout.seed, ti as u32, j as u32, dropout.p)
                     })
                 })
                 .collect()
         };
+        if p_drop > 0.0 {
+            let kept = xin(&vec![1.0; t * x_stride])
+                .iter()
+                .filter(|&&v| v != 0.0)
+                .count();
+            assert!((50..=90).contains(&kept), "{kept} of 96 kept at p = 0.3");
+        }
+        // The forward's down projection applies the same mask.
+        {
+            let up = |v: &[f32]| gpu.storage_init("b", bytemuck::cast_slice(v)).unwrap();
+            let (xb, ab) = (up(&x), up(&a));
+            let ub = gpu.storage("u", (t * rank * 4) as u64).unwrap();
+            let d = kernels::lora_down(
+                &gpu,
+                &ab,
+                &xb,
+                &ub,
+                k as u32,
+                rank as u32,
+                t as u32,
+                x_stride as u32,
+                swiglu,
+                dropout,
+            )
+            .unwrap();
+            kernels::run(&gpu, &[d]).unwrap();
+            let got = gpu.read_f32(&ub, 0, (t * rank) as u64).unwrap();
+            let want = reference::matmul(&a, &xin(&x), rank, k);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-5, "lora_down with dropout: {g} vs {w}");
+            }
+        }
         // L = sum(dy * scale * (xin A^T) B^T)
         let loss = |x: &[f32], a: &[f32], b: &[f32]| -> f64 {
             let u = reference::matmul(a, &xin(x), rank, k);
@@ -340,6 +401,7 @@ fn lora_backward_matches_finite_differences() {
             dx_stride: k as u32,
             scale,
             swiglu_input: swiglu,
+            dropout,
         };
         let ds = vec![
             kernels::lora_backward(&gpu, LoraGrad::DU, s, &xb, &dyb, &ab, &bb, &ub, &du).unwrap(),

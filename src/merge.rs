@@ -1,0 +1,163 @@
+//! Explicit merge: LoRA adapters folded into the base weights, written as a new GGUF file
+//! (`W' = W + sum_i weight_i * scale_i * B_i A_i`), for apps that want one file and no
+//! adapter overhead at inference.
+//!
+//! The merged matrices are written as f16 by default: re-quantizing to the base's 4-bit type
+//! would round away much of a small LoRA update (each weight moves by far less than a 4-bit
+//! step), which is why QLoRA merges usually go to a wider type. `Same` keeps the base's type
+//! for the smallest file and accepts that loss; untouched tensors are copied byte for byte.
+
+use std::path::Path;
+
+use crate::adapter::{module_dims, permute_rows_for_gguf, LoraWeights, MODULES};
+use crate::error::{Error, Result};
+use crate::gguf::{writer, GgufFile, Value};
+use crate::model::Config;
+use crate::quant::{self, GgmlType};
+
+/// Storage type of the merged matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeType {
+    /// The base tensor's own type (smallest file; the update is partly rounded away).
+    Same,
+    F16,
+    Q8_0,
+    F32,
+}
+
+impl std::str::FromStr for MergeType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "same" => Ok(MergeType::Same),
+            "f16" => Ok(MergeType::F16),
+            "q8_0" => Ok(MergeType::Q8_0),
+            "f32" => Ok(MergeType::F32),
+            _ => Err(Error::Invalid(format!(
+                "merge type '{s}' (same, f16, q8_0 or f32)"
+            ))),
+        }
+    }
+}
+
+/// GGUF tensor name of module `m` in layer `l`.
+fn gguf_name(l: u32, m: usize) -> String {
+    let base = match MODULES[m] {
+        "q_proj" => "attn_q",
+        "k_proj" => "attn_k",
+        "v_proj" => "attn_v",
+        "o_proj" => "attn_output",
+        "gate_proj" => "ffn_gate",
+        "up_proj" => "ffn_up",
+        _ => "ffn_down",
+    };
+    format!("blk.{l}.{base}.weight")
+}
+
+/// Types `quant::quantize` can write.
+fn can_write(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, F32 | F16 | Q8_0 | Q4_0 | Q5_0 | Q4_1 | Q4_K | Q6_K)
+}
+
+/// Merges `adapters` (each with its weight) into the GGUF model at `src` and writes the result
+/// to `out` atomically. Returns how many tensors changed.
+pub fn merge_into_gguf(
+    src: &GgufFile,
+    adapters: &[(LoraWeights, f32)],
+    ty: MergeType,
+    out: &Path,
+) -> Result<usize> {
+    let cfg = Config::from_gguf(src)?;
+    for (w, _) in adapters {
+        for &(l, m) in w.tensors.keys() {
+            let (n_in, n_out) = module_dims(&cfg, m);
+            let (a, b) = &w.tensors[&(l, m)];
+            let r = w.config.r;
+            if l >= cfg.n_layer || a.len() != (r * n_in) as usize || b.len() != (n_out * r) as usize
+            {
+                return Err(Error::Model(format!(
+                    "the adapter does not fit the model: layer {l} {} (model: {} layers, [{r}, {n_in}] and [{n_out}, {r}])",
+                    MODULES[m], cfg.n_layer
+                )));
+            }
+        }
+    }
+    let mut tensors = Vec::with_capacity(src.tensors.len());
+    let mut changed = 0;
+    for t in &src.tensors {
+        let target = (0..cfg.n_layer)
+            .flat_map(|l| (0..7).map(move |m| (l, m)))
+            .find(|&(l, m)| gguf_name(l, m) == t.name)
+            .filter(|key| adapters.iter().any(|(w, _)| w.tensors.contains_key(key)));
+        let Some((l, m)) = target else {
+            tensors.push(writer::TensorData {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+                bytes: src.tensor_bytes(t).to_vec(),
+            });
+            continue;
+        };
+        let (n_in, n_out) = module_dims(&cfg, m);
+        let mut w =
+            quant::dequantize(t.ty, src.tensor_bytes(t)).map_err(|e| Error::TensorType {
+                tensor: t.name.clone(),
+                source: e,
+            })?;
+        for (ad, weight) in adapters {
+            let Some((a, b)) = ad.tensors.get(&(l, m)) else {
+                continue;
+            };
+            let r = ad.config.r as usize;
+            // GGUF Llama q/k rows are in adjacent-pair rotary order (see adapter.rs).
+            let b = match (cfg.rope_neox, MODULES[m]) {
+                (false, "q_proj") => permute_rows_for_gguf(b, cfg.n_head, cfg.head_dim, r),
+                (false, "k_proj") => permute_rows_for_gguf(b, cfg.n_kv_head, cfg.head_dim, r),
+                _ => b.clone(),
+            };
+            let s = ad.config.scale() * weight;
+            let k = n_in as usize;
+            for o in 0..n_out as usize {
+                let row = &mut w[o * k..(o + 1) * k];
+                for j in 0..r {
+                    let c = s * b[o * r + j];
+                    if c != 0.0 {
+                        for (x, &av) in row.iter_mut().zip(&a[j * k..(j + 1) * k]) {
+                            *x += c * av;
+                        }
+                    }
+                }
+            }
+        }
+        let out_ty = match ty {
+            MergeType::Same if can_write(t.ty) => t.ty,
+            MergeType::Same => {
+                return Err(Error::Invalid(format!(
+                    "cannot re-quantize '{}' to {:?}; merge to f16 or q8_0 instead",
+                    t.name, t.ty
+                )))
+            }
+            MergeType::F16 => GgmlType::F16,
+            MergeType::Q8_0 => GgmlType::Q8_0,
+            MergeType::F32 => GgmlType::F32,
+        };
+        tensors.push(writer::TensorData {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: out_ty,
+            bytes: quant::quantize(out_ty, &w),
+        });
+        changed += 1;
+    }
+    // The writer aligns to its own default; a copied alignment key would contradict it.
+    let metadata: Vec<(String, Value)> = src
+        .metadata
+        .iter()
+        .filter(|(k, _)| k != "general.alignment")
+        .cloned()
+        .collect();
+    let bytes = writer::write(&metadata, &tensors);
+    crate::fetch::write_atomic(out, &bytes)?;
+    Ok(changed)
+}
