@@ -45,6 +45,13 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("{ty:?}_{n}x{k}_t{t}"), |b| {
             b.iter(|| kernels::run(&gpu, &d).unwrap())
         });
+        if t > 1 {
+            // The training backward: dX = dY W with the same frozen weights.
+            let d = kernels::matmul_t(&gpu, &m, &y, &x, t, n, 0, k, false).unwrap();
+            group.bench_function(format!("{ty:?}_{n}x{k}_t{t}_transposed"), |b| {
+                b.iter(|| kernels::run(&gpu, &d).unwrap())
+            });
+        }
     }
     group.finish();
 }

@@ -3,7 +3,9 @@
 //! with recomputation, plus dispatches and submits per step. A step takes tens of seconds on
 //! a software device, so this is a plain timing harness rather than a criterion sampler.
 //!
-//! `cargo bench --bench train` (env `LAMINA_BENCH_STEPS`, default 2 timed steps per mode).
+//! `cargo bench --bench train` (env `LAMINA_BENCH_STEPS`, default 2 timed steps per mode;
+//! `LAMINA_BENCH_BATCH` and `LAMINA_BENCH_SEQ` change the shape; `LAMINA_PROFILE=1` prints
+//! the time per kernel).
 
 use std::time::Instant;
 
@@ -32,7 +34,13 @@ fn main() {
         .map(|m| m.len())
         .unwrap_or(0) as f64
         / 1048576.0;
-    let (batch, seq) = (4usize, 128usize);
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let (batch, seq) = (env("LAMINA_BENCH_BATCH", 4), env("LAMINA_BENCH_SEQ", 128));
     let ids: Vec<u32> = (0..batch * seq)
         .map(|i| 1000 + (i as u32 * 7919) % 40000)
         .collect();

@@ -71,16 +71,28 @@ impl Engine {
     pub fn set_adapters(&mut self, specs: &[String]) -> Result<()> {
         let mut adapters = Vec::new();
         for spec in specs {
-            let (dir, weight) = match spec.rsplit_once(':') {
-                Some((d, w)) if w.parse::<f32>().is_ok() => (d, w.parse::<f32>().unwrap()),
-                _ => (spec.as_str(), 1.0),
-            };
+            let (dir, weight) = parse_adapter_spec(spec);
             let weights = LoraWeights::load(Path::new(dir))?;
             let gpu = self.model.gpu.clone();
             let adapter = GpuAdapter::upload(&gpu, &weights, &self.model.cfg)?;
             adapters.push((Arc::new(adapter), weight));
         }
         self.model.set_adapters(adapters)
+    }
+
+    /// Fine-tunes a LoRA adapter on `data` over this engine's frozen model (see
+    /// [`crate::finetune::fine_tune`]); padding uses the tokenizer's EOS. Apply the result
+    /// with `model.set_adapters(vec![(result.adapter.clone(), 1.0)])` or save
+    /// `result.weights` as a PEFT folder.
+    pub fn fine_tune(
+        &self,
+        data: &crate::dataset::Dataset,
+        config: &crate::finetune::TrainConfig,
+        run: &crate::finetune::RunOptions,
+        listener: &mut dyn FnMut(&crate::finetune::TrainEvent),
+    ) -> Result<crate::finetune::FineTuned> {
+        let pad = self.tokenizer.eos_ids().first().copied().unwrap_or(0);
+        crate::finetune::fine_tune(&self.model, data, pad, config, run, listener)
     }
 
     /// One line with the figures users compare engines by.
@@ -100,6 +112,14 @@ impl Engine {
             self.model.weights.gpu_bytes() as f64 / (1 << 20) as f64,
             g.stop_reason,
         )
+    }
+}
+
+/// `DIR` or `DIR:weight` (weight 1 when absent or not a number).
+pub fn parse_adapter_spec(spec: &str) -> (&str, f32) {
+    match spec.rsplit_once(':') {
+        Some((d, w)) if w.parse::<f32>().is_ok() => (d, w.parse::<f32>().unwrap_or(1.0)),
+        _ => (spec, 1.0),
     }
 }
 

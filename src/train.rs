@@ -404,6 +404,37 @@ fn mix_seed(base: u64, salt: u32) -> u32 {
     (z ^ (z >> 31)) as u32
 }
 
+/// Runs `ops` one at a time, waiting after each, and prints the time spent per kernel
+/// (`LAMINA_PROFILE=1`; the step then runs twice).
+fn profile(gpu: &Gpu, ops: &[Op]) -> Result<()> {
+    let mut per_kernel: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    for op in ops {
+        let name = match op {
+            Op::Run(d) => d.kernel,
+            Op::Copy(..) => "copy",
+            Op::Clear(_) => "clear",
+        };
+        let start = std::time::Instant::now();
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        encode(gpu, &mut enc, std::slice::from_ref(op));
+        gpu.submit(enc);
+        gpu.wait()?;
+        let e = per_kernel.entry(name).or_default();
+        e.0 += start.elapsed().as_secs_f64();
+        e.1 += 1;
+    }
+    let total: f64 = per_kernel.values().map(|v| v.0).sum();
+    let mut rows: Vec<_> = per_kernel.into_iter().collect();
+    rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    for (name, (secs, n)) in rows {
+        eprintln!(
+            "{name:>20}: {secs:8.3} s in {n:5} ops ({:.1}%)",
+            100.0 * secs / total
+        );
+    }
+    Ok(())
+}
+
 fn encode(gpu: &Gpu, enc: &mut wgpu::CommandEncoder, ops: &[Op]) {
     let mut i = 0;
     while i < ops.len() {
@@ -779,6 +810,9 @@ impl Trainer {
                 gpu.queue
                     .write_buffer(buf, *offset, bytemuck::bytes_of(&seed));
             }
+        }
+        if std::env::var_os("LAMINA_PROFILE").is_some() {
+            profile(&gpu, &plan.ops)?;
         }
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         encode(&gpu, &mut enc, &plan.ops);

@@ -230,3 +230,44 @@ fn an_adapter_that_does_not_fit_is_an_error() {
         .to_string();
     assert!(e.contains("does not fit"), "{e}");
 }
+
+#[test]
+fn merged_gguf_gives_the_adapter_loss_without_the_adapter() {
+    let data = std::fs::read(format!("{FIXTURES}/lora.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&data).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{FIXTURES}/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let want = expected["lora"]["loss_mean_over_completion_tokens"]
+        .as_f64()
+        .unwrap();
+    let config = LoraConfig {
+        r: 8,
+        alpha: 16.0,
+        use_rslora: false,
+    };
+    let weights = LoraWeights::from_safetensors(&data, config).unwrap();
+    let src = GgufFile::open(lamina::fetch::default_model().unwrap()).unwrap();
+    let out = std::env::temp_dir().join(format!("lamina-merged-{}.gguf", std::process::id()));
+    let n = lamina::merge::merge_into_gguf(
+        &src,
+        &[(weights, 1.0)],
+        lamina::merge::MergeType::F16,
+        &out,
+    )
+    .unwrap();
+    assert_eq!(n, 30 * 7);
+    let merged = GgufFile::open(&out).unwrap();
+    let gpu = Gpu::new(GpuOptions::default()).unwrap();
+    let opts = ModelOptions {
+        context: 64,
+        batch: 32,
+        ..Default::default()
+    };
+    let mut model = Llama::load(gpu, &merged, opts).unwrap();
+    let got = batch_loss(&mut model, &st);
+    eprintln!("merged (f16) loss {got:.6}, PEFT {want:.6}");
+    assert!(((got - want) / want).abs() < 1e-3, "{got} vs {want}");
+    let _ = std::fs::remove_file(&out);
+}

@@ -218,6 +218,21 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Fold LoRA adapters into the base weights and write a new GGUF file.
+    Merge {
+        /// GGUF file (default: SmolLM2-135M-Instruct).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// PEFT adapter folder, optionally weighted: `DIR` or `DIR:0.5` (repeatable).
+        #[arg(long, required = true)]
+        adapter: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Type of the merged matrices: f16 (default), q8_0, f32, or same (the base's own
+        /// type: smallest file, but a 4-bit re-quantization rounds much of the update away).
+        #[arg(long, default_value = "f16")]
+        r#type: String,
+    },
     /// Fetch and verify a model (the default one unless --model says otherwise), print its path.
     Fetch {
         #[arg(long, value_enum, default_value_t = FetchModel::Smollm2)]
@@ -432,6 +447,24 @@ fn run(cli: Cli) -> lamina::Result<()> {
             log,
         } => train(&model, &data, &out, config.as_deref(), &flags, resume, log),
         Cmd::Grad { model, batch, out } => grad(&model, &batch, &out),
+        Cmd::Merge {
+            model,
+            adapter,
+            out,
+            r#type,
+        } => {
+            let path = resolve(model.as_deref())?;
+            let gguf = lamina::gguf::GgufFile::open(&path)?;
+            let mut adapters = Vec::new();
+            for spec in &adapter {
+                let (dir, weight) = lamina::engine::parse_adapter_spec(spec);
+                adapters.push((lamina::adapter::LoraWeights::load(Path::new(dir))?, weight));
+            }
+            let ty: lamina::merge::MergeType = r#type.parse()?;
+            let n = lamina::merge::merge_into_gguf(&gguf, &adapters, ty, &out)?;
+            eprintln!("merged {n} tensors into {}", out.display());
+            Ok(())
+        }
         Cmd::Fetch { model } => {
             let path = match model {
                 FetchModel::Smollm2 => lamina::fetch::default_model()?,

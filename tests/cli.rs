@@ -1,0 +1,171 @@
+//! The command line as a user runs it: `lamina grad` against PEFT's gradients, and
+//! `lamina train` then `lamina generate --adapter` on a small Hugging Face checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use safetensors::SafeTensors;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+
+fn lamina(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(args)
+        .output()
+        .expect("run lamina");
+    assert!(
+        out.status.success(),
+        "lamina {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lamina-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The fixture's LoRA tensors as a PEFT folder.
+fn fixture_adapter(dir: &Path) {
+    std::fs::copy(
+        format!("{FIXTURES}/smollm2/lora.safetensors"),
+        dir.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        r#"{"peft_type": "LORA", "r": 8, "lora_alpha": 16,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn grad_writes_peft_named_gradients_that_match_peft() {
+    let dir = temp_dir("grad");
+    fixture_adapter(&dir);
+    let out = dir.join("grads.safetensors");
+    let batch = format!("{FIXTURES}/smollm2/lora.safetensors");
+    lamina(&[
+        "grad",
+        "--adapter",
+        dir.to_str().unwrap(),
+        "--batch",
+        &batch,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let got_bytes = std::fs::read(&out).unwrap();
+    let got = SafeTensors::deserialize(&got_bytes).unwrap();
+    let want_bytes = std::fs::read(&batch).unwrap();
+    let want = SafeTensors::deserialize(&want_bytes).unwrap();
+    let f32s = |st: &SafeTensors, n: &str| -> Vec<f32> {
+        bytemuck::pod_collect_to_vec(st.tensor(n).unwrap().data())
+    };
+    let loss = f32s(&got, "loss")[0] as f64;
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{FIXTURES}/smollm2/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let want_loss = expected["lora"]["loss_mean_over_completion_tokens"]
+        .as_f64()
+        .unwrap();
+    assert!(((loss - want_loss) / want_loss).abs() < 1e-4, "{loss}");
+    let mut n = 0;
+    for name in want.names() {
+        if !name.ends_with(".grad") {
+            continue;
+        }
+        let (g, w) = (f32s(&got, name), f32s(&want, name));
+        assert_eq!(
+            got.tensor(name).unwrap().shape(),
+            want.tensor(name).unwrap().shape()
+        );
+        let num: f64 = g
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+            .sum();
+        let den: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum();
+        assert!((num / den).sqrt() < 1e-3, "{name}");
+        n += 1;
+    }
+    assert_eq!(n, 420);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn train_then_generate_with_the_adapter() {
+    let dir = temp_dir("train");
+    let model = format!("{FIXTURES}/smollm2-2layer-hf/checkpoint");
+    let data = dir.join("data.jsonl");
+    std::fs::write(
+        &data,
+        concat!(
+            r#"{"prompt": "Review: Tasty and fresh.\nSentiment:", "completion": " positive"}"#, "\n",
+            r#"{"prompt": "Review: Stale, arrived broken.\nSentiment:", "completion": " negative"}"#, "\n",
+            "not json\n",
+            r#"{"prompt": "Review: My dog loves these.\nSentiment:", "completion": " positive"}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let out = dir.join("adapter");
+    // A malformed row stops training with its line number ...
+    let run = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(["train", "--model", &model, "--data", data.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--max-steps", "2"])
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("line 3"), "{err}");
+    // ... or is skipped and counted.
+    let cfg = dir.join("train.toml");
+    std::fs::write(
+        &cfg,
+        "lr = 1e-3\nbatch_size = 2\nvalidation_fraction = 0.0\n[lora]\nr = 4\n",
+    )
+    .unwrap();
+    let run = lamina(&[
+        "train",
+        "--model",
+        &model,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--skip-malformed",
+        "--log",
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("1 skipped") && err.contains("step 2/2"),
+        "{err}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["r"], 4);
+    let gen = lamina(&[
+        "generate",
+        "--model",
+        &model,
+        "--adapter",
+        out.to_str().unwrap(),
+        "--prompt",
+        "Review: Great snack.\nSentiment:",
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0",
+    ]);
+    assert!(!gen.stdout.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
