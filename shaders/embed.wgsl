@@ -19,10 +19,11 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> Y: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * 64u;
     let chunks = p.d / 32u;
-    let c = gid.x % chunks;
-    let t = gid.x / chunks;
+    let c = idx % chunks;
+    let t = idx / chunks;
     if (t >= p.t) {
         return;
     }

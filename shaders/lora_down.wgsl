@@ -44,9 +44,10 @@ fn load_x(t: u32, k4: u32) -> vec4<f32> {
 }
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x % p.r;
-    let t = gid.x / p.r;
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * 64u;
+    let j = idx % p.r;
+    let t = idx / p.r;
     if (t >= p.t) {
         return;
     }

@@ -115,6 +115,27 @@ impl TrainConfig {
         if self.max_len < 2 {
             return bad(format!("max_len {} (at least 2)", self.max_len));
         }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return bad(format!(
+                "AdamW betas ({}, {}) must be in [0, 1)",
+                self.beta1, self.beta2
+            ));
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return bad(format!("AdamW eps {} (must be > 0)", self.eps));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!("weight decay {}", self.weight_decay));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad(format!(
+                "max_grad_norm {} (0 = no clipping)",
+                self.max_grad_norm
+            ));
+        }
+        if !(self.lora.alpha.is_finite() && self.lora.alpha > 0.0) {
+            return bad(format!("LoRA alpha {}", self.lora.alpha));
+        }
         Ok(())
     }
 
@@ -212,12 +233,15 @@ pub struct FineTuned {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct CheckpointState {
+    /// AdamW updates applied (skipped steps do not count): its bias correction.
+    optimizer_steps: u32,
     step: u32,
     /// Micro-batches consumed in total.
     micro_batches: u64,
     config: TrainConfig,
-    losses: Vec<f64>,
-    validation_losses: Vec<(u32, f64)>,
+    /// `None` for a loss that was not finite (JSON has no NaN).
+    losses: Vec<Option<f64>>,
+    validation_losses: Vec<(u32, Option<f64>)>,
     n_train: usize,
 }
 
@@ -262,6 +286,18 @@ pub fn fine_tune(
     if data.is_empty() {
         return Err(Error::Invalid("the dataset has no examples".into()));
     }
+    if let Some((i, e)) = data
+        .examples
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.len() > cfg.max_len as usize)
+    {
+        return Err(Error::Invalid(format!(
+            "example {i} has {} tokens, more than max_len {} (load the dataset with the same max_len to truncate)",
+            e.len(),
+            cfg.max_len
+        )));
+    }
     let (train, val) = data.split(cfg.validation_fraction, cfg.seed);
     if train.is_empty() {
         return Err(Error::Invalid(
@@ -297,6 +333,7 @@ pub fn fine_tune(
     }
 
     let mut state = CheckpointState {
+        optimizer_steps: 0,
         step: 0,
         micro_batches: 0,
         config: cfg.clone(),
@@ -312,7 +349,7 @@ pub fn fine_tune(
                     dir.display()
                 )));
             }
-            trainer.steps = saved.step;
+            trainer.steps = saved.optimizer_steps;
             state = saved;
         }
     }
@@ -361,7 +398,8 @@ pub fn fine_tune(
         let outcome = trainer.optimizer_step(&cfg.adamw(lr), max_norm)?;
         state.step += 1;
         let loss = loss_sum / loss_tokens.max(1) as f64;
-        state.losses.push(loss);
+        state.losses.push(loss.is_finite().then_some(loss));
+        state.optimizer_steps = trainer.steps;
         let secs = start.elapsed().as_secs_f64();
         let done = (state.step - steps_at_start) as f64;
         listener(&TrainEvent::Step(StepReport {
@@ -384,7 +422,9 @@ pub fn fine_tune(
         };
         if eval_now && !val.is_empty() {
             let loss = validate(&mut trainer, data, &val, cfg, pad_id)?;
-            state.validation_losses.push((state.step, loss));
+            state
+                .validation_losses
+                .push((state.step, loss.is_finite().then_some(loss)));
             listener(&TrainEvent::Validation {
                 step: state.step,
                 loss,
@@ -418,8 +458,12 @@ pub fn fine_tune(
         weights,
         steps: state.step,
         cancelled,
-        losses: state.losses,
-        validation_losses: state.validation_losses,
+        losses: state.losses.iter().map(|l| l.unwrap_or(f64::NAN)).collect(),
+        validation_losses: state
+            .validation_losses
+            .iter()
+            .map(|&(s, l)| (s, l.unwrap_or(f64::NAN)))
+            .collect(),
     })
 }
 
@@ -461,7 +505,17 @@ fn save_checkpoint(
     let fin = dir.join("checkpoint");
     let tmp = dir.join(format!(".checkpoint.tmp-{}", std::process::id()));
     let old = dir.join("checkpoint.old");
-    let _ = std::fs::remove_dir_all(&tmp);
+    // Leftovers of saves that were cut off (any process) are never valid checkpoints.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(".checkpoint.tmp-")
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let weights = trainer.adapter.weights(&model.gpu, &model.cfg)?;
     weights.save(&tmp, state.config.lora.dropout, None)?;
     let moments = trainer.adapter.read_moments(&model.gpu, &model.cfg)?;
@@ -474,11 +528,16 @@ fn save_checkpoint(
     crate::fetch::write_atomic(&tmp.join(MOMENTS), &bytes)?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
     crate::fetch::write_atomic(&tmp.join(STATE_JSON), json.as_bytes())?;
-    let _ = std::fs::remove_dir_all(&old);
+    // At every moment `checkpoint` or `checkpoint.old` holds a complete checkpoint: `old` is
+    // replaced only while `checkpoint` exists, and removed once the new one is in place.
     if fin.exists() {
+        let _ = std::fs::remove_dir_all(&old);
         std::fs::rename(&fin, &old).map_err(|e| io(&fin, e))?;
     }
     std::fs::rename(&tmp, &fin).map_err(|e| io(&fin, e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     let _ = std::fs::remove_dir_all(&old);
     Ok(fin)
 }

@@ -347,7 +347,7 @@ pub fn embed(
                 &constants,
                 &params,
                 &[&piece.buf, tokens, y],
-                [(t * chunks).div_ceil(64), 1, 1],
+                grid((t * chunks).div_ceil(64)),
             )
         })
         .collect()
@@ -673,7 +673,7 @@ pub fn lora_down(
         ],
         &params,
         &[a, x, u],
-        [(t * r).div_ceil(64), 1, 1],
+        grid((t * r).div_ceil(64)),
     )
 }
 

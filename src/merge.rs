@@ -105,6 +105,12 @@ pub fn merge_into_gguf(
                 tensor: t.name.clone(),
                 source: e,
             })?;
+        if t.dims.len() != 2 || w.len() != (n_in as usize) * (n_out as usize) {
+            return Err(Error::Model(format!(
+                "tensor '{}' has shape {:?}, the model's config says [{n_in}, {n_out}]",
+                t.name, t.dims
+            )));
+        }
         for (ad, weight) in adapters {
             let Some((a, b)) = ad.tensors.get(&(l, m)) else {
                 continue;

@@ -405,7 +405,7 @@ fn mix_seed(base: u64, salt: u32) -> u32 {
 }
 
 /// Runs `ops` one at a time, waiting after each, and prints the time spent per kernel
-/// (`LAMINA_PROFILE=1`; the step then runs twice).
+/// (`LAMINA_PROFILE=1`, in place of the one-submit replay).
 fn profile(gpu: &Gpu, ops: &[Op]) -> Result<()> {
     let mut per_kernel: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
     for op in ops {
@@ -811,11 +811,13 @@ impl Trainer {
                     .write_buffer(buf, *offset, bytemuck::bytes_of(&seed));
             }
         }
-        if std::env::var_os("LAMINA_PROFILE").is_some() {
-            profile(&gpu, &plan.ops)?;
-        }
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        encode(&gpu, &mut enc, &plan.ops);
+        if std::env::var_os("LAMINA_PROFILE").is_some() {
+            // Runs every op once, on its own, timed; the loss is then read as usual.
+            profile(&gpu, &plan.ops)?;
+        } else {
+            encode(&gpu, &mut enc, &plan.ops);
+        }
         let staging = gpu.read_back_encode(&mut enc, &self.loss, 0, n_loss as u64 * 4)?;
         gpu.submit(enc);
         let bytes = gpu.finish_read_back(&staging, n_loss as u64 * 4)?;

@@ -257,6 +257,18 @@ fn bad_training_config_is_a_clear_error() {
     .unwrap()
     .to_string();
     assert!(err.contains("unknown LoRA target 'qproj'"), "{err}");
+    let run = |cfg: &TrainConfig| {
+        fine_tune(&e.model, &data, 0, cfg, &RunOptions::default(), &mut |_| {})
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let mut cfg = config();
+    cfg.beta1 = 1.0;
+    assert!(run(&cfg).contains("betas"));
+    let mut cfg = config();
+    cfg.max_len = 8;
+    assert!(run(&cfg).contains("more than max_len 8"));
     let err = TrainConfig::from_toml("lr = 1e-3\nbatch = 4\n")
         .unwrap_err()
         .to_string();
