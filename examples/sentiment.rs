@@ -36,12 +36,12 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut a = Args {
-        train: 96,
-        test: 48,
-        steps: 24,
+        train: 64,
+        test: 40,
+        steps: 16,
         batch: 4,
         lr: 1e-3,
-        max_chars: 240,
+        max_chars: 200,
         out: PathBuf::from("target/sentiment-adapter"),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();

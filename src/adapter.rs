@@ -244,13 +244,29 @@ pub fn module_dims(cfg: &Config, module: usize) -> (u32, u32) {
 /// Hugging Face q/k row order to the GGUF one (adjacent rotary pairs): within each head, row
 /// `e * d/2 + i` moves to `2i + e`.
 pub fn permute_rows_for_gguf(b: &[f32], n_head: u32, head_dim: u32, cols: usize) -> Vec<f32> {
+    permute_head_rows(b, n_head, head_dim, cols, true)
+}
+
+/// The inverse of [`permute_rows_for_gguf`]: GGUF's q/k row order back to Hugging Face's.
+pub fn permute_rows_from_gguf(b: &[f32], n_head: u32, head_dim: u32, cols: usize) -> Vec<f32> {
+    permute_head_rows(b, n_head, head_dim, cols, false)
+}
+
+fn permute_head_rows(
+    b: &[f32],
+    n_head: u32,
+    head_dim: u32,
+    cols: usize,
+    to_gguf: bool,
+) -> Vec<f32> {
     let (hd, half) = (head_dim as usize, head_dim as usize / 2);
     let mut out = vec![0f32; b.len()];
     for h in 0..n_head as usize {
         for e in 0..2 {
             for i in 0..half {
-                let src = h * hd + e * half + i;
-                let dst = h * hd + 2 * i + e;
+                let hf = h * hd + e * half + i;
+                let gguf = h * hd + 2 * i + e;
+                let (src, dst) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
                 out[dst * cols..(dst + 1) * cols].copy_from_slice(&b[src * cols..(src + 1) * cols]);
             }
         }
@@ -309,5 +325,23 @@ impl GpuAdapter {
             scale: w.config.scale(),
             layers,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q_k_row_permutations_are_inverse() {
+        let (heads, hd, cols) = (3u32, 8u32, 2usize);
+        let b: Vec<f32> = (0..(heads * hd) as usize * cols)
+            .map(|i| i as f32)
+            .collect();
+        let g = permute_rows_for_gguf(&b, heads, hd, cols);
+        assert_ne!(g, b);
+        // Row 1 (first half, i = 1) of head 0 goes to adjacent-pair slot 2.
+        assert_eq!(&g[2 * cols..3 * cols], &b[cols..2 * cols]);
+        assert_eq!(permute_rows_from_gguf(&g, heads, hd, cols), b);
     }
 }

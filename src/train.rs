@@ -29,7 +29,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::{module_dims, GpuAdapter, LoraConfig, LoraModule, LoraWeights, MODULES};
+use crate::adapter::{
+    module_dims, permute_rows_from_gguf, GpuAdapter, LoraConfig, LoraModule, LoraWeights, MODULES,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{Buffer, Gpu};
 use crate::kernels::{
@@ -108,23 +110,6 @@ impl LoraSettings {
             use_rslora: self.use_rslora,
         }
     }
-}
-
-/// GGUF's adjacent-pair q/k row order back to Hugging Face's (inverse of
-/// [`crate::adapter::permute_rows_for_gguf`]).
-pub fn permute_rows_from_gguf(b: &[f32], n_head: u32, head_dim: u32, cols: usize) -> Vec<f32> {
-    let (hd, half) = (head_dim as usize, head_dim as usize / 2);
-    let mut out = vec![0f32; b.len()];
-    for h in 0..n_head as usize {
-        for e in 0..2 {
-            for i in 0..half {
-                let hf = h * hd + e * half + i;
-                let gguf = h * hd + 2 * i + e;
-                out[hf * cols..(hf + 1) * cols].copy_from_slice(&b[gguf * cols..(gguf + 1) * cols]);
-            }
-        }
-    }
-    out
 }
 
 /// Per (layer, module index in [`MODULES`]): a pair of values shaped like A `[r, in]` and

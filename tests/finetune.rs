@@ -279,3 +279,39 @@ fn bad_training_config_is_a_clear_error() {
     assert_eq!(cfg.lr, 1e-3);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_step_with_a_non_finite_gradient_is_skipped() {
+    use lamina::kernels::AdamW;
+    use lamina::train::{LoraSettings, TrainableAdapter, Trainer, TrainerOptions};
+    let e = engine();
+    let (gpu, cfg) = (&e.model.gpu, &e.model.cfg);
+    let settings = LoraSettings {
+        r: 2,
+        targets: vec!["v_proj".into()],
+        ..Default::default()
+    };
+    let adapter = TrainableAdapter::new(gpu, cfg, &settings, 3).unwrap();
+    let mut w = adapter.weights(gpu, cfg).unwrap();
+    let moments = adapter.read_moments(gpu, cfg).unwrap();
+    // A NaN in one A makes the loss and every gradient downstream non-finite.
+    w.tensors.get_mut(&(1, 2)).unwrap().0[0] = f32::NAN;
+    adapter.restore(gpu, cfg, &w, &moments).unwrap();
+    let opts = TrainerOptions {
+        max_batch: 1,
+        max_seq: 8,
+        recompute: false,
+    };
+    let mut tr = Trainer::new(&e.model, adapter, opts).unwrap();
+    tr.zero_grad();
+    let ids = [1u32, 2, 3, 4, 5, 6];
+    let labels = [1i64, 2, 3, 4, 5, 6];
+    let out = tr.accumulate(&ids, &labels, 1).unwrap();
+    assert!(!out.sum.is_finite());
+    let step = tr.optimizer_step(&AdamW::default(), Some(1.0)).unwrap();
+    assert!(step.skipped && step.grad_norm.is_nan());
+    assert_eq!(tr.steps, 0, "no AdamW update counted");
+    // The parameters are untouched (layer 0 is finite and unchanged).
+    let after = tr.adapter.weights(gpu, cfg).unwrap();
+    assert_eq!(after.tensors[&(0, 2)], w.tensors[&(0, 2)]);
+}
