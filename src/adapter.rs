@@ -252,6 +252,32 @@ pub fn permute_rows_from_gguf(b: &[f32], n_head: u32, head_dim: u32, cols: usize
     permute_head_rows(b, n_head, head_dim, cols, false)
 }
 
+/// Heads whose rows a Llama-layout GGUF stores in adjacent-pair rotary order for module `m`
+/// (q and k), or `None` where B's rows are in the same order in both layouts.
+fn permuted_heads(cfg: &Config, m: usize) -> Option<u32> {
+    match (cfg.rope_neox, MODULES[m]) {
+        (false, "q_proj") => Some(cfg.n_head),
+        (false, "k_proj") => Some(cfg.n_kv_head),
+        _ => None,
+    }
+}
+
+/// Module `m`'s B (`[out, r]`, PEFT's row order) in the model's row order.
+pub fn b_to_model(cfg: &Config, m: usize, b: &[f32], r: usize) -> Vec<f32> {
+    match permuted_heads(cfg, m) {
+        Some(heads) => permute_rows_for_gguf(b, heads, cfg.head_dim, r),
+        None => b.to_vec(),
+    }
+}
+
+/// The inverse of [`b_to_model`]: a B read from the model back in PEFT's row order.
+pub fn b_to_peft(cfg: &Config, m: usize, b: Vec<f32>, r: usize) -> Vec<f32> {
+    match permuted_heads(cfg, m) {
+        Some(heads) => permute_rows_from_gguf(&b, heads, cfg.head_dim, r),
+        None => b,
+    }
+}
+
 fn permute_head_rows(
     b: &[f32],
     n_head: u32,
@@ -308,13 +334,7 @@ impl GpuAdapter {
                     cfg.n_layer
                 )));
             }
-            let b = match (cfg.rope_neox, MODULES[m]) {
-                (false, "q_proj") => permute_rows_for_gguf(b, cfg.n_head, cfg.head_dim, r as usize),
-                (false, "k_proj") => {
-                    permute_rows_for_gguf(b, cfg.n_kv_head, cfg.head_dim, r as usize)
-                }
-                _ => b.clone(),
-            };
+            let b = b_to_model(cfg, m, b, r as usize);
             layers[layer as usize][m] = Some(LoraModule {
                 a: gpu.storage_init("lora_A", bytemuck::cast_slice(a))?,
                 b: gpu.storage_init("lora_B", bytemuck::cast_slice(&b))?,

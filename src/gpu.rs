@@ -469,6 +469,23 @@ impl Gpu {
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
+    /// [`Gpu::read_f32`] of many buffers (each from its start, `n` values) in one submit.
+    pub fn read_f32_many(&self, srcs: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<f32>>, GpuError> {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        let staging = srcs
+            .iter()
+            .map(|&(src, n)| self.read_back_encode(&mut enc, src, 0, n * 4))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.submit(enc);
+        staging
+            .iter()
+            .zip(srcs)
+            .map(|(st, &(_, n))| {
+                Ok(bytemuck::cast_slice(&self.finish_read_back(st, n * 4)?).to_vec())
+            })
+            .collect()
+    }
+
     /// Records one dispatch in `pass` and counts it.
     pub fn dispatch(
         &self,

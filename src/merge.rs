@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::adapter::{module_dims, permute_rows_for_gguf, LoraWeights, MODULES};
+use crate::adapter::{b_to_model, module_dims, LoraWeights, MODULES};
 use crate::error::{Error, Result};
 use crate::gguf::{writer, GgufFile, Value};
 use crate::model::Config;
@@ -117,11 +117,7 @@ pub fn merge_into_gguf(
             };
             let r = ad.config.r as usize;
             // GGUF Llama q/k rows are in adjacent-pair rotary order (see adapter.rs).
-            let b = match (cfg.rope_neox, MODULES[m]) {
-                (false, "q_proj") => permute_rows_for_gguf(b, cfg.n_head, cfg.head_dim, r),
-                (false, "k_proj") => permute_rows_for_gguf(b, cfg.n_kv_head, cfg.head_dim, r),
-                _ => b.clone(),
-            };
+            let b = b_to_model(&cfg, m, b, r);
             let s = ad.config.scale() * weight;
             let k = n_in as usize;
             for o in 0..n_out as usize {

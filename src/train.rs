@@ -30,7 +30,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::{
-    module_dims, permute_rows_from_gguf, GpuAdapter, LoraConfig, LoraModule, LoraWeights, MODULES,
+    b_to_model, b_to_peft, module_dims, GpuAdapter, LoraConfig, LoraModule, LoraWeights, MODULES,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Buffer, Gpu};
@@ -259,18 +259,18 @@ impl TrainableAdapter {
     ) -> Result<PairMap> {
         let r = self.config.r as usize;
         let mut out: BTreeMap<(u32, usize), (Vec<f32>, Vec<f32>)> = BTreeMap::new();
-        for t in self.tensors(cfg) {
-            let mut v = gpu.read_f32(pick(&t), 0, t.len as u64)?;
+        let tensors = self.tensors(cfg);
+        let srcs: Vec<(&wgpu::Buffer, u64)> = tensors
+            .iter()
+            .map(|t| (&pick(t).raw, t.len as u64))
+            .collect();
+        for (t, mut v) in tensors.iter().zip(gpu.read_f32_many(&srcs)?) {
             if scale != 1.0 {
                 v.iter_mut().for_each(|x| *x *= scale);
             }
             let entry = out.entry((t.layer, t.module)).or_default();
             if t.is_b {
-                entry.1 = match (cfg.rope_neox, MODULES[t.module]) {
-                    (false, "q_proj") => permute_rows_from_gguf(&v, cfg.n_head, cfg.head_dim, r),
-                    (false, "k_proj") => permute_rows_from_gguf(&v, cfg.n_kv_head, cfg.head_dim, r),
-                    _ => v,
-                };
+                entry.1 = b_to_peft(cfg, t.module, v, r);
             } else {
                 entry.0 = v;
             }
@@ -293,12 +293,12 @@ impl TrainableAdapter {
 
     /// Every optimizer moment in [`TrainableAdapter::tensors`] order (m then v per tensor).
     pub fn read_moments(&self, gpu: &Gpu, cfg: &Config) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::new();
-        for t in self.tensors(cfg) {
-            out.push(gpu.read_f32(t.m, 0, t.len as u64)?);
-            out.push(gpu.read_f32(t.v, 0, t.len as u64)?);
-        }
-        Ok(out)
+        let tensors = self.tensors(cfg);
+        let srcs: Vec<(&wgpu::Buffer, u64)> = tensors
+            .iter()
+            .flat_map(|t| [(&t.m.raw, t.len as u64), (&t.v.raw, t.len as u64)])
+            .collect();
+        Ok(gpu.read_f32_many(&srcs)?)
     }
 
     /// Restores parameters (HF layout, as [`TrainableAdapter::weights`] gives them) and
@@ -327,15 +327,7 @@ impl TrainableAdapter {
                 ))
             })?;
             let value = if t.is_b {
-                match (cfg.rope_neox, MODULES[t.module]) {
-                    (false, "q_proj") => {
-                        crate::adapter::permute_rows_for_gguf(b, cfg.n_head, cfg.head_dim, r)
-                    }
-                    (false, "k_proj") => {
-                        crate::adapter::permute_rows_for_gguf(b, cfg.n_kv_head, cfg.head_dim, r)
-                    }
-                    _ => b.clone(),
-                }
+                b_to_model(cfg, t.module, b, r)
             } else {
                 a.clone()
             };
