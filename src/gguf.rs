@@ -59,7 +59,7 @@ pub enum Value {
     F32(f32),
     Bool(bool),
     String(String),
-    Array(Vec<Value>),
+    Array(Array),
     U64(u64),
     I64(i64),
     F64(f64),
@@ -115,6 +115,124 @@ impl Value {
     }
 }
 
+/// A metadata array, stored by element type so that it takes about the bytes it took in the
+/// file (a `Vec<Value>` would take 32 bytes for each 1-byte element a file claims).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Array {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    F32(Vec<f32>),
+    Bool(Vec<bool>),
+    String(Vec<String>),
+    Array(Vec<Array>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+}
+
+impl Array {
+    pub fn len(&self) -> usize {
+        match self {
+            Array::U8(v) => v.len(),
+            Array::I8(v) => v.len(),
+            Array::U16(v) => v.len(),
+            Array::I16(v) => v.len(),
+            Array::U32(v) => v.len(),
+            Array::I32(v) => v.len(),
+            Array::F32(v) => v.len(),
+            Array::Bool(v) => v.len(),
+            Array::String(v) => v.len(),
+            Array::Array(v) => v.len(),
+            Array::U64(v) => v.len(),
+            Array::I64(v) => v.len(),
+            Array::F64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The GGUF value type id of the elements.
+    pub fn elem_type_id(&self) -> u32 {
+        match self {
+            Array::U8(_) => 0,
+            Array::I8(_) => 1,
+            Array::U16(_) => 2,
+            Array::I16(_) => 3,
+            Array::U32(_) => 4,
+            Array::I32(_) => 5,
+            Array::F32(_) => 6,
+            Array::Bool(_) => 7,
+            Array::String(_) => 8,
+            Array::Array(_) => 9,
+            Array::U64(_) => 10,
+            Array::I64(_) => 11,
+            Array::F64(_) => 12,
+        }
+    }
+
+    pub fn elem_type_name(&self) -> &'static str {
+        TYPE_NAMES[self.elem_type_id() as usize]
+    }
+
+    /// Element `i` as a value (nested arrays are cloned).
+    pub fn get(&self, i: usize) -> Option<Value> {
+        Some(match self {
+            Array::U8(v) => Value::U8(*v.get(i)?),
+            Array::I8(v) => Value::I8(*v.get(i)?),
+            Array::U16(v) => Value::U16(*v.get(i)?),
+            Array::I16(v) => Value::I16(*v.get(i)?),
+            Array::U32(v) => Value::U32(*v.get(i)?),
+            Array::I32(v) => Value::I32(*v.get(i)?),
+            Array::F32(v) => Value::F32(*v.get(i)?),
+            Array::Bool(v) => Value::Bool(*v.get(i)?),
+            Array::String(v) => Value::String(v.get(i)?.clone()),
+            Array::Array(v) => Value::Array(v.get(i)?.clone()),
+            Array::U64(v) => Value::U64(*v.get(i)?),
+            Array::I64(v) => Value::I64(*v.get(i)?),
+            Array::F64(v) => Value::F64(*v.get(i)?),
+        })
+    }
+
+    /// Every element as an integer, if the elements are integers.
+    pub fn to_i64s(&self) -> Option<Vec<i64>> {
+        fn all<T: Copy>(v: &[T], f: impl Fn(T) -> Option<i64>) -> Option<Vec<i64>> {
+            v.iter().map(|&x| f(x)).collect()
+        }
+        match self {
+            Array::U8(v) => all(v, |x| Some(x as i64)),
+            Array::I8(v) => all(v, |x| Some(x as i64)),
+            Array::U16(v) => all(v, |x| Some(x as i64)),
+            Array::I16(v) => all(v, |x| Some(x as i64)),
+            Array::U32(v) => all(v, |x| Some(x as i64)),
+            Array::I32(v) => all(v, |x| Some(x as i64)),
+            Array::U64(v) => all(v, |x| i64::try_from(x).ok()),
+            Array::I64(v) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// Every element as a number, if the elements are numbers.
+    pub fn to_f64s(&self) -> Option<Vec<f64>> {
+        match self {
+            Array::F32(v) => Some(v.iter().map(|&x| x as f64).collect()),
+            Array::F64(v) => Some(v.clone()),
+            _ => self
+                .to_i64s()
+                .map(|v| v.into_iter().map(|x| x as f64).collect()),
+        }
+    }
+}
+
+const TYPE_NAMES: [&str; 13] = [
+    "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64",
+];
+
 /// One tensor's description. `dims[0]` is the innermost (contiguous) dimension, as in ggml.
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
@@ -146,7 +264,24 @@ pub struct GgufFile {
     pub data_offset: u64,
     meta_index: HashMap<String, usize>,
     tensor_index: HashMap<String, usize>,
-    map: Mmap,
+    map: FileBytes,
+}
+
+/// The file's bytes: memory-mapped from disk, or held in memory (tests, fuzzing, files that
+/// arrive over an app's own channels).
+enum FileBytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -227,36 +362,7 @@ impl<'a> Reader<'a> {
                 }
             },
             8 => Value::String(self.string(what)?),
-            9 => {
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::Invalid {
-                        what: what(),
-                        detail: "arrays nested too deeply".into(),
-                    });
-                }
-                let elem_ty = self.u32(what)?;
-                let n = self.u64(what)?;
-                // Every element takes at least one byte: a count larger than what is left is a lie.
-                let min_size = match elem_ty {
-                    0 | 1 | 7 => 1,
-                    2 | 3 => 2,
-                    4..=6 => 4,
-                    8..=12 => 8,
-                    _ => 1,
-                };
-                if n.saturating_mul(min_size) > self.remaining() {
-                    return Err(GgufError::Truncated {
-                        what: format!("{} (array of {n} elements)", what()),
-                        offset: self.pos as u64,
-                        len: self.buf.len() as u64,
-                    });
-                }
-                let mut items = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    items.push(self.value(elem_ty, what, depth + 1)?);
-                }
-                Value::Array(items)
-            }
+            9 => Value::Array(self.array(what, depth)?),
             10 => Value::U64(self.u64(what)?),
             11 => Value::I64(self.u64(what)? as i64),
             12 => Value::F64(f64::from_bits(self.u64(what)?)),
@@ -266,6 +372,82 @@ impl<'a> Reader<'a> {
                     detail: format!("unknown value type {t}"),
                 })
             }
+        })
+    }
+}
+
+impl Reader<'_> {
+    /// An array: element type, count, elements. Storage is reserved only after the count is
+    /// checked against the bytes left, and each element type is stored at its own width, so a
+    /// file can never make the reader hold more than a few times its own size.
+    fn array(&mut self, what: &dyn Fn() -> String, depth: u32) -> Result<Array, GgufError> {
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(GgufError::Invalid {
+                what: what(),
+                detail: "arrays nested too deeply".into(),
+            });
+        }
+        let elem_ty = self.u32(what)?;
+        let n = self.u64(what)?;
+        // The fewest bytes one element takes in the file.
+        let min_size = match elem_ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            8 | 10..=12 => 8,
+            9 => 12,
+            t => {
+                return Err(GgufError::Invalid {
+                    what: what(),
+                    detail: format!("unknown array element type {t}"),
+                })
+            }
+        };
+        if n.saturating_mul(min_size) > self.remaining() {
+            return Err(GgufError::Truncated {
+                what: format!("{} (array of {n} elements)", what()),
+                offset: self.pos as u64,
+                len: self.buf.len() as u64,
+            });
+        }
+        let n = n as usize;
+        fn fill<T>(
+            n: usize,
+            mut one: impl FnMut() -> Result<T, GgufError>,
+        ) -> Result<Vec<T>, GgufError> {
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push(one()?);
+            }
+            Ok(v)
+        }
+        Ok(match elem_ty {
+            0 => Array::U8(self.take(n as u64, what)?.to_vec()),
+            1 => Array::I8(
+                self.take(n as u64, what)?
+                    .iter()
+                    .map(|&b| b as i8)
+                    .collect(),
+            ),
+            2 => Array::U16(fill(n, || self.u16(what))?),
+            3 => Array::I16(fill(n, || self.u16(what).map(|x| x as i16))?),
+            4 => Array::U32(fill(n, || self.u32(what))?),
+            5 => Array::I32(fill(n, || self.u32(what).map(|x| x as i32))?),
+            6 => Array::F32(fill(n, || self.u32(what).map(f32::from_bits))?),
+            7 => Array::Bool(fill(n, || match self.u8(what)? {
+                0 => Ok(false),
+                1 => Ok(true),
+                b => Err(GgufError::Invalid {
+                    what: what(),
+                    detail: format!("bool byte {b}"),
+                }),
+            })?),
+            8 => Array::String(fill(n, || self.string(what))?),
+            // Each nested array carries its own element type and count.
+            9 => Array::Array(fill(n, || self.array(what, depth + 1))?),
+            10 => Array::U64(fill(n, || self.u64(what))?),
+            11 => Array::I64(fill(n, || self.u64(what).map(|x| x as i64))?),
+            _ => Array::F64(fill(n, || self.u64(what).map(f64::from_bits))?),
         })
     }
 }
@@ -281,10 +463,15 @@ impl GgufFile {
         // SAFETY: the map is read-only; the file is expected not to change while it is open
         // (the same contract as every mmap-based model loader).
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Self::parse(path, map)
+        Self::parse(path, FileBytes::Mapped(map))
     }
 
-    fn parse(path: PathBuf, map: Mmap) -> Result<Self, GgufError> {
+    /// Reads a GGUF file held in memory; `name` stands for its path in messages.
+    pub fn from_bytes(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self, GgufError> {
+        Self::parse(name.into(), FileBytes::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, map: FileBytes) -> Result<Self, GgufError> {
         let buf: &[u8] = &map;
         let mut r = Reader { buf, pos: 0 };
         let magic: [u8; 4] = r.take(4, &|| "magic".into())?.try_into().unwrap();
@@ -308,7 +495,9 @@ impl GgufFile {
             });
         }
 
-        let mut metadata = Vec::with_capacity(n_kv as usize);
+        // Counts were checked against the bytes left; reserve modestly anyway, the vectors grow
+        // as entries actually parse.
+        let mut metadata = Vec::with_capacity((n_kv as usize).min(1 << 12));
         let mut meta_index = HashMap::new();
         for i in 0..n_kv {
             let key = r.string(&|| format!("metadata key #{i}"))?;
@@ -338,7 +527,7 @@ impl GgufFile {
             None => DEFAULT_ALIGNMENT,
         };
 
-        let mut infos = Vec::with_capacity(n_tensors as usize);
+        let mut infos = Vec::with_capacity((n_tensors as usize).min(1 << 12));
         for i in 0..n_tensors {
             let name = r.string(&|| format!("tensor info #{i}"))?;
             let what = || format!("tensor '{name}'");
@@ -467,7 +656,7 @@ impl GgufFile {
         })
     }
 
-    pub fn get_array(&self, key: &str) -> Result<&[Value], GgufError> {
+    pub fn get_array(&self, key: &str) -> Result<&Array, GgufError> {
         match self.require(key)? {
             Value::Array(a) => Ok(a),
             v => Err(GgufError::WrongType {
@@ -480,16 +669,14 @@ impl GgufFile {
 
     /// A string array, e.g. `tokenizer.ggml.tokens`.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
-        self.get_array(key)?
-            .iter()
-            .map(|v| {
-                v.as_str().ok_or(GgufError::WrongType {
-                    key: key.into(),
-                    expected: "array of strings",
-                    found: v.type_name(),
-                })
-            })
-            .collect()
+        match self.get_array(key)? {
+            Array::String(v) => Ok(v.iter().map(String::as_str).collect()),
+            a => Err(GgufError::WrongType {
+                key: key.into(),
+                expected: "array of strings",
+                found: a.elem_type_name(),
+            }),
+        }
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
@@ -513,7 +700,7 @@ impl GgufFile {
 
 /// Writes a GGUF v3 file; used by tests to build small and deliberately broken files.
 pub mod writer {
-    use super::Value;
+    use super::{Array, Value};
     use crate::quant::GgmlType;
 
     pub struct TensorData {
@@ -557,17 +744,21 @@ pub mod writer {
             Value::F32(x) => out.extend(x.to_le_bytes()),
             Value::Bool(x) => out.push(*x as u8),
             Value::String(s) => put_str(out, s),
-            Value::Array(items) => {
-                let elem = items.first().map(type_id).unwrap_or(0);
-                out.extend(elem.to_le_bytes());
-                out.extend((items.len() as u64).to_le_bytes());
-                for it in items {
-                    put_value(out, it);
-                }
-            }
+            Value::Array(items) => put_array(out, items),
             Value::U64(x) => out.extend(x.to_le_bytes()),
             Value::I64(x) => out.extend(x.to_le_bytes()),
             Value::F64(x) => out.extend(x.to_le_bytes()),
+        }
+    }
+
+    fn put_array(out: &mut Vec<u8>, a: &Array) {
+        out.extend(a.elem_type_id().to_le_bytes());
+        out.extend((a.len() as u64).to_le_bytes());
+        for i in 0..a.len() {
+            match a {
+                Array::Array(v) => put_array(out, &v[i]),
+                _ => put_value(out, &a.get(i).expect("index below len")),
+            }
         }
     }
 

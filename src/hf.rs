@@ -21,6 +21,8 @@ use crate::quant::GgmlType;
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub config: Config,
+    /// `_name_or_path` from config.json when it names a hub model (not a local folder).
+    name_or_path: Option<String>,
     tie_embeddings: bool,
     maps: Vec<(PathBuf, Mmap, usize)>,
     index: HashMap<String, Entry>,
@@ -54,6 +56,11 @@ impl Checkpoint {
             serde_json::from_str(&text).map_err(|e| file_err(&config_path, e))?;
         let (config, tie_embeddings) =
             config_from_json(&json).map_err(|e| file_err(&config_path, e))?;
+        let name_or_path = json
+            .get("_name_or_path")
+            .and_then(|v| v.as_str())
+            .filter(|n| !n.is_empty() && !Path::new(n).is_absolute() && !n.starts_with('.'))
+            .map(str::to_string);
 
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| file_err(dir, e))?
@@ -81,17 +88,28 @@ impl Checkpoint {
                     shape: info.shape.clone(),
                     range: info.data_offsets,
                 };
-                index.insert(name, entry);
+                if index.insert(name.clone(), entry).is_some() {
+                    return Err(file_err(
+                        &path,
+                        format!("tensor '{name}' is also in another safetensors file"),
+                    ));
+                }
             }
             maps.push((path, map, 8 + header));
         }
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
             config,
+            name_or_path,
             tie_embeddings,
             maps,
             index,
         })
+    }
+
+    /// The hub model this checkpoint names as its origin, if any.
+    pub fn name_or_path(&self) -> Option<String> {
+        self.name_or_path.clone()
     }
 
     /// The Hugging Face name of a GGUF tensor name, or `None` where a checkpoint has no
@@ -164,7 +182,8 @@ impl TensorSource for Checkpoint {
     }
 }
 
-fn config_from_json(j: &serde_json::Value) -> std::result::Result<(Config, bool), String> {
+/// The model config (and whether embeddings are tied) from a Hugging Face `config.json`.
+pub fn config_from_json(j: &serde_json::Value) -> std::result::Result<(Config, bool), String> {
     let u = |k: &str| -> std::result::Result<u32, String> {
         j.get(k)
             .and_then(|v| v.as_u64())
@@ -187,12 +206,25 @@ fn config_from_json(j: &serde_json::Value) -> std::result::Result<(Config, bool)
     }
     // transformers 5 keeps rope settings in `rope_parameters`, earlier versions at the top.
     let rope = j.get("rope_parameters").or_else(|| j.get("rope_scaling"));
+    let mut rope_linear = 1.0f32;
     if let Some(kind) = rope
         .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
         .and_then(|v| v.as_str())
     {
-        if kind != "default" {
-            return Err(format!("rope type '{kind}' is not supported (default)"));
+        match kind {
+            "default" => {}
+            "linear" => {
+                rope_linear = rope
+                    .and_then(|r| r.get("factor"))
+                    .and_then(|v| v.as_f64())
+                    .ok_or("linear rope scaling without a numeric 'factor'")?
+                    as f32
+            }
+            _ => {
+                return Err(format!(
+                    "rope type '{kind}' is not supported (default, linear)"
+                ))
+            }
         }
     }
     let rope_theta = j
@@ -218,6 +250,7 @@ fn config_from_json(j: &serde_json::Value) -> std::result::Result<(Config, bool)
             .ok_or("'rms_norm_eps' is missing")? as f32,
         ctx_train: u("max_position_embeddings").unwrap_or(2048),
         rope_neox: true,
+        rope_linear,
     };
     cfg.validate().map_err(|e| e.to_string())?;
     let tie = j

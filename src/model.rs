@@ -33,6 +33,45 @@ pub struct Config {
     pub ctx_train: u32,
     /// Rotation pairs (i, i + d/2) instead of adjacent ones (Qwen2 in GGUF).
     pub rope_neox: bool,
+    /// Linear RoPE scaling: positions are divided by this (1 = none).
+    pub rope_linear: f32,
+}
+
+/// `{arch}.rope.scaling.*`: linear scaling is honoured (its factor returned); YaRN and the
+/// other schemes would give wrong text without an error, so they are refused.
+fn gguf_rope_linear(g: &GgufFile, arch: &str) -> Result<f32> {
+    let kind = match g.get(&format!("{arch}.rope.scaling.type")) {
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| {
+                Error::Model(format!(
+                    "{arch}.rope.scaling.type has type {}, expected string",
+                    v.type_name()
+                ))
+            })?
+            .to_string(),
+        None => String::new(),
+    };
+    let factor_of = |key: &str| -> Result<Option<f32>> {
+        match g.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(|f| Some(f as f32))
+                .ok_or_else(|| Error::Model(format!("{key} is not a number"))),
+        }
+    };
+    let factor = factor_of(&format!("{arch}.rope.scaling.factor"))?;
+    // Older converters wrote linear scaling as `rope.scale_linear`.
+    let old_linear = factor_of(&format!("{arch}.rope.scale_linear"))?;
+    match kind.as_str() {
+        "" | "none" => Ok(old_linear.unwrap_or(1.0)),
+        "linear" => Ok(factor.or(old_linear).unwrap_or(1.0)),
+        other => Err(Error::Model(format!(
+            "{arch}.rope.scaling.type '{other}' is not supported (none, linear): \
+             this model would give wrong text"
+        ))),
+    }
 }
 
 impl Config {
@@ -58,7 +97,8 @@ impl Config {
         let head_dim = u("attention.key_length").unwrap_or(n_embd / n_head.max(1));
         let vocab = match u("vocab_size") {
             Ok(v) => v,
-            Err(_) => g.get_array("tokenizer.ggml.tokens")?.len() as u32,
+            Err(_) => u32::try_from(g.get_array("tokenizer.ggml.tokens")?.len())
+                .map_err(|_| Error::Model("tokenizer.ggml.tokens is too long".into()))?,
         };
         let cfg = Config {
             n_layer: u("block_count")?,
@@ -72,6 +112,7 @@ impl Config {
             rms_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon"))? as f32,
             ctx_train: u("context_length").unwrap_or(2048),
             rope_neox,
+            rope_linear: gguf_rope_linear(g, &arch)?,
             arch: arch.clone(),
         };
         if let Ok(rd) = u("rope.dimension_count") {
@@ -86,8 +127,44 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The cos/sin table for `positions` positions: theta, Llama 3 style per-frequency
+    /// factors (`rope_freqs.weight`) where the model has them, and linear scaling.
+    pub(crate) fn rope_table(&self, positions: u32, freq_factors: Option<&[f32]>) -> Vec<[f32; 2]> {
+        let half = (self.head_dim / 2) as usize;
+        let factors: Vec<f32> = (0..half)
+            .map(|i| freq_factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0) * self.rope_linear)
+            .collect();
+        kernels::rope_table_scaled(self.head_dim, self.rope_theta, positions, &factors)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Model(m));
+        // Bounds far above any model this runtime targets, so that every size derived from
+        // them (q/kv dims, fused widths, buffer bytes) stays far from overflowing.
+        for (name, v, max) in [
+            ("layers", self.n_layer, 1 << 10),
+            ("embedding length", self.n_embd, 1 << 16),
+            ("heads", self.n_head, 1 << 10),
+            ("kv heads", self.n_kv_head, 1 << 10),
+            ("feed-forward length", self.n_ff, 1 << 18),
+            ("vocabulary", self.vocab, 1 << 24),
+        ] {
+            if v == 0 || v > max {
+                return bad(format!("{name} {v} (1 to {max} supported)"));
+            }
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(format!("rope theta {}", self.rope_theta));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
+            return bad(format!("rms norm epsilon {}", self.rms_eps));
+        }
+        if !(self.rope_linear.is_finite() && self.rope_linear >= 1.0) {
+            return bad(format!(
+                "rope scaling factor {} (must be >= 1)",
+                self.rope_linear
+            ));
+        }
         if self.n_head == 0 || self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
             return bad(format!(
                 "{} heads cannot share {} kv heads",
@@ -474,8 +551,7 @@ impl Llama {
             k_cache.push(gpu.storage("k_cache", kv_bytes)?);
             v_cache.push(gpu.storage("v_cache", kv_bytes)?);
         }
-        let factors = weights.rope_freqs.as_deref().unwrap_or(&[]);
-        let table = kernels::rope_table_scaled(cfg.head_dim, cfg.rope_theta, opts.context, factors);
+        let table = cfg.rope_table(opts.context, weights.rope_freqs.as_deref());
         let rope = gpu.storage_init("rope", bytemuck::cast_slice(&table))?;
         let step = gpu.buffer(
             "step",
@@ -513,7 +589,13 @@ impl Llama {
     /// an empty list runs the base model. The base weights are not touched, so swapping is
     /// cheap. The KV cache is cleared: cached keys were computed with the old adapters.
     pub fn set_adapters(&mut self, adapters: Vec<(Arc<GpuAdapter>, f32)>) -> Result<()> {
-        for (ad, _) in &adapters {
+        for (ad, weight) in &adapters {
+            if !weight.is_finite() || !(ad.scale * weight).is_finite() {
+                return Err(Error::Invalid(format!(
+                    "adapter weight {weight} (scale {}) is not a finite number",
+                    ad.scale
+                )));
+            }
             if ad.layers.len() != self.cfg.n_layer as usize {
                 return Err(Error::Model(format!(
                     "the adapter has {} layers, the model {}",

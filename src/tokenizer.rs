@@ -151,10 +151,16 @@ fn opt_int_array(g: &GgufFile, key: &str, n: usize) -> Result<Option<Vec<i64>>> 
     }
     let arr = g.get_array(key)?;
     check_len(key, arr.len(), n)?;
-    arr.iter()
-        .map(|v| as_int(v).ok_or_else(|| wrong_type(key, "array of integers", v)))
-        .collect::<Result<Vec<_>>>()
+    arr.to_i64s()
+        .ok_or_else(|| wrong_array_type(key, "array of integers", arr))
         .map(Some)
+}
+
+fn wrong_array_type(key: &str, expected: &str, found: &crate::gguf::Array) -> Error {
+    Error::Tokenizer(format!(
+        "{key}: expected {expected}, found an array of {}",
+        found.elem_type_name()
+    ))
 }
 
 fn check_len(key: &str, len: usize, n: usize) -> Result<()> {
@@ -239,6 +245,9 @@ fn byte_level_pipeline(
     })
 }
 
+/// Longest token [`merges_from_scores`] derives merges for.
+const MAX_MERGED_TOKEN_BYTES: usize = 1024;
+
 /// Merges for a SentencePiece BPE vocabulary: every split of a normal piece into two normal
 /// pieces, ordered by the merged piece's score (highest first), then by the merged piece's id,
 /// then by the ids of the two halves.
@@ -256,7 +265,12 @@ fn merges_from_scores(
     };
     let mut found: Vec<(f32, u32, u32, u32)> = Vec::new();
     for (id, piece) in tokens.iter().enumerate() {
-        if !mergeable[id] || vocab.get(*piece) != Some(&(id as u32)) {
+        // Splitting costs O(len^2); real vocabularies have no token anywhere near this long,
+        // and a file that does is not allowed to stall loading.
+        if !mergeable[id]
+            || piece.len() > MAX_MERGED_TOKEN_BYTES
+            || vocab.get(*piece) != Some(&(id as u32))
+        {
             continue;
         }
         for (pos, _) in piece.char_indices().skip(1) {
@@ -378,14 +392,12 @@ impl Tokenizer {
             _ => {
                 let scores_raw = g.get_array(K_SCORES)?;
                 check_len(K_SCORES, scores_raw.len(), n)?;
-                let scores = scores_raw
-                    .iter()
-                    .map(|v| {
-                        v.as_f64()
-                            .map(|x| x as f32)
-                            .ok_or_else(|| wrong_type(K_SCORES, "array of numbers", v))
-                    })
-                    .collect::<Result<Vec<f32>>>()?;
+                let scores: Vec<f32> = scores_raw
+                    .to_f64s()
+                    .ok_or_else(|| wrong_array_type(K_SCORES, "array of numbers", scores_raw))?
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect();
                 let mergeable: Vec<bool> = tokens
                     .iter()
                     .zip(&types)
@@ -540,13 +552,15 @@ impl Tokenizer {
             push(id);
         }
         match gen_config.as_ref().and_then(|c| c.get("eos_token_id")) {
-            Some(serde_json::Value::Number(x)) => {
-                x.as_u64().into_iter().for_each(|x| push(x as u32))
-            }
+            Some(serde_json::Value::Number(x)) => x
+                .as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .into_iter()
+                .for_each(&mut push),
             Some(serde_json::Value::Array(a)) => a
                 .iter()
-                .filter_map(|x| x.as_u64())
-                .for_each(|x| push(x as u32)),
+                .filter_map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
+                .for_each(&mut push),
             _ => {}
         }
         for name in END_OF_TURN_TOKENS {
@@ -700,6 +714,7 @@ pub fn render_chat_template(
     use minijinja::{Environment, ErrorKind};
 
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     minijinja_contrib::add_to_environment(&mut env);
@@ -736,6 +751,12 @@ fn template_error(e: &minijinja::Error) -> String {
     msg
 }
 
+/// The widest `tojson(indent=...)` a template may ask for (a huge one would be a huge string).
+const MAX_JSON_INDENT: usize = 16;
+/// Template instructions one rendering may run: far above any real chat template, so a
+/// template that loops without end gives an error instead of hanging the app.
+const TEMPLATE_FUEL: u64 = 50_000_000;
+
 /// `tojson` as transformers defines it: Python's `json.dumps(x, ensure_ascii=False)` with
 /// optional `indent`, `separators` defaulting to `", "`/`": "` (`","` when indenting).
 fn tojson(
@@ -745,6 +766,12 @@ fn tojson(
     let indent: Option<usize> = kwargs.get("indent")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
+    if indent.is_some_and(|n| n > MAX_JSON_INDENT) {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("tojson indent above {MAX_JSON_INDENT}"),
+        ));
+    }
     let json = serde_json::to_value(&value).map_err(|e| {
         minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
     })?;

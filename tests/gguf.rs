@@ -1,7 +1,7 @@
 //! The GGUF reader on the real model and on small, truncated, corrupt and hostile files:
 //! every bad file is a typed error naming what is wrong, never a panic or a huge allocation.
 
-use lamina::gguf::{writer, GgufError, GgufFile, Value};
+use lamina::gguf::{writer, Array, GgufError, GgufFile, Value};
 use lamina::quant::{self, GgmlType};
 
 fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
@@ -21,10 +21,7 @@ fn small_file() -> Vec<u8> {
             ("test.i16".into(), Value::I16(-3)),
             ("test.f64".into(), Value::F64(0.25)),
             ("test.bool".into(), Value::Bool(true)),
-            (
-                "test.arr".into(),
-                Value::Array(vec![Value::U32(1), Value::U32(2)]),
-            ),
+            ("test.arr".into(), Value::Array(Array::U32(vec![1, 2]))),
             ("test.i64".into(), Value::I64(-9)),
         ],
         &[writer::TensorData {

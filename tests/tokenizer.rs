@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use lamina::gguf::{GgufFile, Value};
+use lamina::gguf::{Array, GgufFile, Value};
 use lamina::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
 use lamina::Error;
 
@@ -90,7 +90,7 @@ fn tokenizer_from_meta(metadata: &[(&str, Value)]) -> lamina::Result<Tokenizer> 
 }
 
 fn strs(items: &[&str]) -> Value {
-    Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect())
+    Value::Array(Array::String(items.iter().map(|s| s.to_string()).collect()))
 }
 
 fn s(x: &str) -> Value {
@@ -405,14 +405,8 @@ fn byte_level_meta(pre: &str) -> Vec<(&'static str, Value)> {
     vec![
         ("tokenizer.ggml.model", s("gpt2")),
         ("tokenizer.ggml.pre", s(pre)),
-        (
-            "tokenizer.ggml.tokens",
-            Value::Array(tokens.into_iter().map(Value::String).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type",
-            Value::Array(types.into_iter().map(Value::I32).collect()),
-        ),
+        ("tokenizer.ggml.tokens", Value::Array(Array::String(tokens))),
+        ("tokenizer.ggml.token_type", Value::Array(Array::I32(types))),
         ("tokenizer.ggml.merges", strs(&merges)),
         ("tokenizer.ggml.eos_token_id", Value::U32(1)),
     ]
@@ -516,15 +510,15 @@ fn spm_meta(add_space_prefix: Option<bool>) -> Vec<(&'static str, Value)> {
         ("tokenizer.ggml.model", s("llama")),
         (
             "tokenizer.ggml.tokens",
-            Value::Array(tokens.into_iter().map(Value::String).collect()),
+            Value::Array(Array::String(tokens)),
         ),
         (
             "tokenizer.ggml.token_type",
-            Value::Array(types.into_iter().map(Value::I32).collect()),
+            Value::Array(Array::I32(types)),
         ),
         (
             "tokenizer.ggml.scores",
-            Value::Array(scores.into_iter().map(Value::F32).collect()),
+            Value::Array(Array::F32(scores)),
         ),
         ("tokenizer.ggml.bos_token_id", Value::U32(1)),
         ("tokenizer.ggml.eos_token_id", Value::U32(2)),
@@ -685,7 +679,7 @@ fn missing_or_ill_typed_keys() {
     meta.retain(|(k, _)| *k != "tokenizer.ggml.token_type");
     meta.push((
         "tokenizer.ggml.token_type",
-        Value::Array(vec![Value::I32(1)]),
+        Value::Array(Array::I32(vec![1])),
     ));
     let (_, msg) = err_text(&meta);
     assert!(msg.contains("tokenizer.ggml.token_type"), "{msg}");
