@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lamina::engine::{Engine, EngineOptions};
-use lamina::generate::{GenerateParams, SamplingParams, Session};
+use lamina::generate::{GenerateParams, SamplingParams};
 
 fn bench(c: &mut Criterion) {
     let mut engine = Engine::load(None, EngineOptions::default()).expect("default model");
@@ -18,8 +18,8 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(128));
     group.bench_function("prefill_128", |b| {
         b.iter(|| {
-            engine.model.truncate(0);
-            engine.model.forward_last(&prompt, None).unwrap();
+            engine.model_mut().truncate(0);
+            engine.model_mut().forward_last(&prompt, None).unwrap();
             gpu.wait().unwrap();
         })
     });
@@ -30,10 +30,7 @@ fn bench(c: &mut Criterion) {
         sampling: SamplingParams::greedy(),
         ..Default::default()
     };
-    let Engine {
-        model, tokenizer, ..
-    } = &mut engine;
-    let mut session = Session::new(model, tokenizer).unwrap();
+    let session = &mut engine;
     // Counters for one generation: prefill of 8 tokens, then decode.
     let before = gpu.counters.snapshot();
     let g = session

@@ -30,7 +30,7 @@ fn main() {
     let engine = Engine::load(None, opts).expect("default model");
     let gpu = engine.gpu().clone();
     eprintln!("device: {}", gpu.describe());
-    let file_mib = std::fs::metadata(&engine.path)
+    let file_mib = std::fs::metadata(engine.path())
         .map(|m| m.len())
         .unwrap_or(0) as f64
         / 1048576.0;
@@ -48,9 +48,9 @@ fn main() {
     for recompute in [false, true] {
         let base = gpu.counters.snapshot().bytes_in_use;
         let adapter =
-            TrainableAdapter::new(&gpu, &engine.model.cfg, &LoraSettings::default(), 1).unwrap();
+            TrainableAdapter::new(&gpu, &engine.model().cfg, &LoraSettings::default(), 1).unwrap();
         let mut tr = Trainer::new(
-            &engine.model,
+            engine.model(),
             adapter,
             TrainerOptions {
                 max_batch: batch as u32,

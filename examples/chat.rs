@@ -8,7 +8,7 @@
 
 use clap::Parser;
 use lamina::engine::{chat_repl, stream_to_stdout, Engine, EngineOptions};
-use lamina::generate::{GenerateParams, SamplingParams, Session};
+use lamina::generate::{GenerateParams, SamplingParams};
 use lamina::tokenizer::ChatMessage;
 
 #[derive(Parser)]
@@ -45,7 +45,7 @@ fn run(args: Args) -> lamina::Result<()> {
     let mut engine = Engine::load(args.model.as_deref(), EngineOptions::default())?;
     eprintln!(
         "model {} on {}",
-        engine.path.display(),
+        engine.path().display(),
         engine.gpu().describe()
     );
     let params = GenerateParams {
@@ -58,12 +58,8 @@ fn run(args: Args) -> lamina::Result<()> {
         ..Default::default()
     };
     let Some(prompt) = args.prompt else {
-        let Engine {
-            model, tokenizer, ..
-        } = &mut engine;
         return chat_repl(
-            model,
-            tokenizer,
+            &mut engine,
             args.system,
             &params,
             &mut std::io::stdin().lock(),
@@ -74,14 +70,7 @@ fn run(args: Args) -> lamina::Result<()> {
         messages.push(ChatMessage::new("system", s));
     }
     messages.push(ChatMessage::new("user", prompt));
-    let text = engine.tokenizer.apply_chat_template(&messages, true)?;
-    let g = {
-        let Engine {
-            model, tokenizer, ..
-        } = &mut engine;
-        let mut session = Session::new(model, tokenizer)?;
-        session.generate(&text, &params, &mut stream_to_stdout())?
-    };
+    let g = engine.chat(&messages, &params, &mut stream_to_stdout())?;
     println!();
     eprintln!("{}", engine.report(&g));
     Ok(())

@@ -70,16 +70,16 @@ fn accuracy(
     pos: u32,
     neg: u32,
 ) -> lamina::Result<f64> {
-    let vocab = engine.model.cfg.vocab as u64;
+    let vocab = engine.model().cfg.vocab as u64;
     let mut right = 0;
     for (text, great) in rows {
         let prompt = TEMPLATE.replace("{text}", text);
-        let ids = engine.tokenizer.encode(&prompt, true)?;
-        engine.model.truncate(0);
-        engine.model.forward_last(&ids, None)?;
+        let ids = engine.tokenizer().encode(&prompt, true)?;
+        engine.model_mut().truncate(0);
+        engine.model_mut().forward_last(&ids, None)?;
         let logits = engine
             .gpu()
-            .read_f32(engine.model.logits_buffer(), 0, vocab)?;
+            .read_f32(engine.model().logits_buffer(), 0, vocab)?;
         let says_great = logits[pos as usize] > logits[neg as usize];
         right += (says_great == *great) as usize;
     }
@@ -126,7 +126,7 @@ fn main() -> lamina::Result<()> {
 
     let label = |great: bool| if great { " positive" } else { " negative" };
     let first_token = |engine: &Engine, s: &str| -> lamina::Result<u32> {
-        Ok(engine.tokenizer.encode(s, false)?[0])
+        Ok(engine.tokenizer().encode(s, false)?[0])
     };
     let (pos, neg) = (
         first_token(&engine, label(true))?,
@@ -169,7 +169,7 @@ fn main() -> lamina::Result<()> {
         max_len: 96,
         ..Default::default()
     };
-    let data = Dataset::load(&train_file, &engine.tokenizer, &opts)?;
+    let data = Dataset::load(&train_file, engine.tokenizer(), &opts)?;
     let mut cfg = TrainConfig {
         batch_size: args.batch,
         lr: args.lr,
@@ -195,9 +195,7 @@ fn main() -> lamina::Result<()> {
         }
     })?;
     let train_secs = train_start.elapsed().as_secs_f64();
-    engine
-        .model
-        .set_adapters(vec![(Arc::clone(&result.adapter), 1.0)])?;
+    engine.apply_adapters(vec![(Arc::clone(&result.adapter), 1.0)])?;
     let after = accuracy(&mut engine, test_rows, pos, neg)?;
     result.weights.save(&args.out, cfg.lora.dropout, None)?;
 
@@ -215,7 +213,7 @@ fn main() -> lamina::Result<()> {
         train_secs,
         last.tokens_per_sec,
         last.peak_gpu_bytes as f64 / 1048576.0,
-        engine.model.weights.gpu_bytes() as f64 / 1048576.0
+        engine.model().weights.gpu_bytes() as f64 / 1048576.0
     );
     println!(
         "adapter saved to {} — try: lamina generate --adapter {} --temperature 0 --max-tokens 2 --prompt \"Review: Stale and overpriced.\\nSentiment:\"",

@@ -1,5 +1,10 @@
-//! `Engine`: a model file opened on the GPU with its tokenizer, the one object apps, the
-//! command line and the bindings start from.
+//! `Engine`: a model file opened on the GPU with its tokenizer and its generation state, the
+//! one object apps, the command line and the bindings start from.
+//!
+//! The engine owns the model, the tokenizer and the [`Generator`] that knows what the KV cache
+//! holds, so nothing outside can change the model behind the generator's back: every call
+//! that changes the model (adapters, direct forwards through [`Engine::model_mut`]) drops
+//! the cached conversation with it.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -8,7 +13,7 @@ use std::time::Instant;
 
 use crate::adapter::{GpuAdapter, LoraWeights};
 use crate::error::Result;
-use crate::generate::{GenerateParams, Generation, Session};
+use crate::generate::{GenerateParams, Generation, Generator};
 use crate::gguf::GgufFile;
 use crate::gpu::{Gpu, GpuOptions};
 use crate::hf::Checkpoint;
@@ -22,10 +27,14 @@ pub struct EngineOptions {
 }
 
 pub struct Engine {
-    pub path: PathBuf,
-    pub tokenizer: Tokenizer,
-    pub model: Llama,
-    pub load_secs: f64,
+    path: PathBuf,
+    /// What the model is called, without the user's folders (see [`Engine::model_name`]).
+    name: String,
+    tokenizer: Tokenizer,
+    model: Llama,
+    /// Made on the first generation; `None` again whenever the model changes.
+    generator: Option<Generator>,
+    load_secs: f64,
 }
 
 impl Engine {
@@ -39,29 +48,151 @@ impl Engine {
         };
         let start = Instant::now();
         let gpu = Gpu::new(opts.gpu)?;
-        let (tokenizer, model) = if Checkpoint::is_checkpoint(&path) {
+        let file_stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let (tokenizer, model, name) = if Checkpoint::is_checkpoint(&path) {
             let ckpt = Checkpoint::open(&path)?;
             let tokenizer = Tokenizer::from_json_file(&path.join("tokenizer.json"))?;
             let weights = Weights::load(&gpu, &ckpt, &ckpt.config)?;
             let model = Llama::new(gpu, ckpt.config.clone(), weights, opts.model)?;
-            (tokenizer, model)
+            let name = ckpt.name_or_path().unwrap_or(file_stem);
+            (tokenizer, model, name)
         } else {
             let gguf = GgufFile::open(&path)?;
+            let known = crate::fetch::KNOWN_MODELS
+                .iter()
+                .find(|m| path.file_name().is_some_and(|f| f == m.file_name));
+            let name = match known {
+                Some(m) => m.hf_id.to_string(),
+                None => gguf
+                    .get_str("general.name")
+                    .map(str::to_string)
+                    .unwrap_or(file_stem),
+            };
             (
                 Tokenizer::from_gguf(&gguf)?,
                 Llama::load(gpu, &gguf, opts.model)?,
+                name,
             )
         };
         Ok(Engine {
             path,
+            name,
             tokenizer,
             model,
+            generator: None,
             load_secs: start.elapsed().as_secs_f64(),
         })
     }
 
+    /// The model file or folder this engine was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The model's name for others to find it by: the Hugging Face id of a model this project
+    /// fetches, a checkpoint's `_name_or_path`, GGUF `general.name`, or the file's name; never
+    /// the user's folders. Saved adapters record it as their base model.
+    pub fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// The model, for direct forwards (scoring, logits). The cached conversation is dropped:
+    /// whatever runs on the model now is not what the generator cached.
+    pub fn model_mut(&mut self) -> &mut Llama {
+        self.forget();
+        &mut self.model
+    }
+
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.model.gpu
+    }
+
+    /// Seconds the load took.
+    pub fn load_secs(&self) -> f64 {
+        self.load_secs
+    }
+
+    /// Generates from a text prompt (special tokens in it are honoured). The KV cache is
+    /// reused for the longest prefix shared with the previous call's prompt and output.
+    pub fn generate(
+        &mut self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let ids = self.tokenizer.encode(prompt, true)?;
+        self.generate_tokens(&ids, params, on_text)
+    }
+
+    /// Generates from prompt token ids; see [`Engine::generate`].
+    pub fn generate_tokens(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let mut generator = match self.generator.take() {
+            Some(g) => g,
+            None => Generator::new(&mut self.model)?,
+        };
+        let result =
+            generator.generate_tokens(&mut self.model, &self.tokenizer, prompt, params, on_text);
+        if result.is_err() {
+            // A failed call may have left the cache half written: start the next one clean.
+            generator.reset(&mut self.model);
+        }
+        self.generator = Some(generator);
+        result
+    }
+
+    /// Renders `messages` with the model's chat template (adding the assistant's turn) and
+    /// generates the answer. Earlier turns still in the cache are not run again.
+    pub fn chat(
+        &mut self,
+        messages: &[ChatMessage],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let prompt = self.tokenizer.apply_chat_template(messages, true)?;
+        self.generate(&prompt, params, on_text)
+    }
+
+    /// Tokens whose keys and values are cached (the last call's prompt and output).
+    pub fn cached_tokens(&self) -> &[u32] {
+        self.generator
+            .as_ref()
+            .map(Generator::cached_tokens)
+            .unwrap_or(&[])
+    }
+
+    /// Forgets the cached conversation.
+    pub fn reset(&mut self) {
+        self.forget();
+    }
+
+    fn forget(&mut self) {
+        if let Some(g) = self.generator.as_mut() {
+            g.reset(&mut self.model);
+        }
+        self.model.truncate(0);
+    }
+
+    /// Applies these uploaded adapters (unmerged, weighted); an empty list returns to the
+    /// base model. The cached conversation is dropped.
+    pub fn apply_adapters(&mut self, adapters: Vec<(Arc<GpuAdapter>, f32)>) -> Result<()> {
+        self.forget();
+        self.model.set_adapters(adapters)
     }
 }
 
@@ -77,12 +208,12 @@ impl Engine {
             let adapter = GpuAdapter::upload(&gpu, &weights, &self.model.cfg)?;
             adapters.push((Arc::new(adapter), weight));
         }
-        self.model.set_adapters(adapters)
+        self.apply_adapters(adapters)
     }
 
     /// Fine-tunes a LoRA adapter on `data` over this engine's frozen model (see
     /// [`crate::finetune::fine_tune`]); padding uses the tokenizer's EOS. Apply the result
-    /// with `model.set_adapters(vec![(result.adapter.clone(), 1.0)])` or save
+    /// with `engine.apply_adapters(vec![(result.adapter.clone(), 1.0)])` or save
     /// `result.weights` as a PEFT folder.
     pub fn fine_tune(
         &self,
@@ -137,8 +268,7 @@ pub fn stream_to_stdout() -> impl FnMut(&str) -> bool {
 /// streams the answers to stdout. The KV cache is kept between turns, so each turn runs only
 /// its new tokens.
 pub fn chat_repl(
-    model: &mut Llama,
-    tokenizer: &Tokenizer,
+    engine: &mut Engine,
     system: Option<String>,
     params: &GenerateParams,
     input: &mut dyn BufRead,
@@ -147,7 +277,7 @@ pub fn chat_repl(
         .into_iter()
         .map(|s| ChatMessage::new("system", s))
         .collect();
-    let mut session = Session::new(model, tokenizer)?;
+    engine.reset();
     eprintln!("chat: type a message; an empty line or end of input quits");
     loop {
         eprint!("> ");
@@ -156,8 +286,7 @@ pub fn chat_repl(
             return Ok(());
         }
         messages.push(ChatMessage::new("user", line.trim_end()));
-        let prompt = tokenizer.apply_chat_template(&messages, true)?;
-        let g = session.generate(&prompt, params, &mut stream_to_stdout())?;
+        let g = engine.chat(&messages, params, &mut stream_to_stdout())?;
         println!();
         let t = &g.timings;
         eprintln!(

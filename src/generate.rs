@@ -1,4 +1,6 @@
-//! Text generation: a [`Session`] owns a model's KV cache and samples token by token.
+//! Text generation: a [`Generator`] keeps what a model's KV cache holds and samples token by
+//! token. [`crate::engine::Engine`] owns one next to its model, so the cached prefix and the
+//! cache itself can never disagree.
 //!
 //! Each decoded token is one submit: the forward, the repetition penalty, and either argmax
 //! (greedy) or an exact top-k selection run on the GPU, and only the chosen id (4 bytes) or the
@@ -13,7 +15,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
-use crate::gpu::Buffer;
+use crate::gpu::{f32s_from_bytes, u32s_from_bytes, Buffer};
 use crate::kernels::{self, Dispatch};
 use crate::model::Llama;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -146,9 +148,10 @@ struct Sampler {
     penalty: Option<Dispatch>,
 }
 
-pub struct Session<'a> {
-    pub model: &'a mut Llama,
-    pub tokenizer: &'a Tokenizer,
+/// Generation state for one model: the tokens whose keys and values are cached, and the GPU
+/// sampling resources. It holds no reference to the model; every call is handed the model and
+/// tokenizer it was made for.
+pub struct Generator {
     /// Tokens whose keys and values are in the model's cache, in order.
     cached: Vec<u32>,
     sampler: Sampler,
@@ -163,8 +166,8 @@ struct PenaltyParams {
     _pad: u32,
 }
 
-impl<'a> Session<'a> {
-    pub fn new(model: &'a mut Llama, tokenizer: &'a Tokenizer) -> Result<Session<'a>> {
+impl Generator {
+    pub fn new(model: &mut Llama) -> Result<Generator> {
         model.truncate(0);
         let gpu = model.gpu.clone();
         let token_out = gpu.storage("token_out", 16)?;
@@ -177,9 +180,7 @@ impl<'a> Session<'a> {
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         )?;
         let argmax = kernels::argmax(&gpu, model.logits_buffer(), 0, model.cfg.vocab, &token_out)?;
-        Ok(Session {
-            model,
-            tokenizer,
+        Ok(Generator {
             cached: Vec::new(),
             sampler: Sampler {
                 token_out,
@@ -196,9 +197,9 @@ impl<'a> Session<'a> {
     }
 
     /// Forgets the cached conversation.
-    pub fn reset(&mut self) {
+    pub fn reset(&mut self, model: &mut Llama) {
         self.cached.clear();
-        self.model.truncate(0);
+        model.truncate(0);
     }
 
     /// Tokens currently cached (the prompt and output of earlier calls).
@@ -206,30 +207,24 @@ impl<'a> Session<'a> {
         &self.cached
     }
 
-    /// Generates from a text prompt (special tokens in it are honoured).
-    pub fn generate(
-        &mut self,
-        prompt: &str,
-        params: &GenerateParams,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Generation> {
-        let ids = self.tokenizer.encode(prompt, true)?;
-        self.generate_tokens(&ids, params, on_text)
-    }
-
     /// Generates from prompt token ids. The cache is reused for the longest prefix shared
     /// with what is cached, so a chat only runs each new turn.
     pub fn generate_tokens(
         &mut self,
+        model: &mut Llama,
+        tokenizer: &Tokenizer,
         prompt: &[u32],
         params: &GenerateParams,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
         params.sampling.validate()?;
+        // Whatever ran on the model since the last call (an adapter swap, a truncation) may
+        // have dropped cached positions: trust the model's position, never more.
+        self.cached.truncate(model.position() as usize);
         if prompt.is_empty() {
             return Err(Error::Invalid("empty prompt".into()));
         }
-        let ctx = self.model.opts.context as usize;
+        let ctx = model.opts.context as usize;
         if prompt.len() >= ctx {
             return Err(Error::Invalid(format!(
                 "prompt of {} tokens does not fit the context of {ctx}",
@@ -248,7 +243,7 @@ impl<'a> Session<'a> {
             common -= 1; // at least one token must run to get logits
         }
         self.cached.truncate(common);
-        self.model.truncate(common as u32);
+        model.truncate(common as u32);
 
         let mut timings = Timings {
             prompt_tokens: prompt.len(),
@@ -257,54 +252,37 @@ impl<'a> Session<'a> {
         };
         let mut history: Vec<u32> = prompt.to_vec();
         let started = Instant::now();
-        let mut next = self.step(&prompt[common..], &history, s, &mut rng)?;
+        let mut next = self.step(model, &prompt[common..], &history, s, &mut rng)?;
         self.cached.extend_from_slice(&prompt[common..]);
         timings.prefill_secs = started.elapsed().as_secs_f64();
 
         let decode_start = Instant::now();
         let mut out_tokens = Vec::new();
-        let mut decoder = StreamDecoder::new(self.tokenizer);
+        let mut decoder = StreamDecoder::new(tokenizer);
         let mut text = String::new();
-        let mut emitted = 0usize;
-        let max_stop = params.stop.iter().map(|s| s.len()).max().unwrap_or(0);
-        let stop_reason;
+        let mut filter = StopFilter::new(&params.stop);
+        let mut stop_reason;
         loop {
-            if self.tokenizer.eos_ids().contains(&next) {
+            if tokenizer.eos_ids().contains(&next) {
                 stop_reason = StopReason::Eos;
+                break;
+            }
+            if out_tokens.len() >= params.max_tokens {
+                // Only reached here when max_tokens is 0: the prompt is cached, nothing is emitted.
+                stop_reason = StopReason::Length;
                 break;
             }
             out_tokens.push(next);
             history.push(next);
             text.push_str(&decoder.push(next)?);
-            // A stop string ends the text; otherwise emit all but a possible stop prefix.
-            let search_from = emitted.saturating_sub(max_stop);
-            let hit = params
-                .stop
-                .iter()
-                .filter(|st| !st.is_empty())
-                .filter_map(|st| {
-                    text[search_from..]
-                        .find(st.as_str())
-                        .map(|i| search_from + i)
-                })
-                .min();
-            if let Some(at) = hit {
-                text.truncate(at);
-                if at > emitted {
-                    on_text(&text[emitted..]);
-                }
-                emitted = text.len();
-                stop_reason = StopReason::StopString;
+            let f = filter.feed(&mut text, false);
+            if !f.emit.is_empty() && !on_text(&text[f.emit]) && !f.stopped {
+                stop_reason = StopReason::Cancelled;
                 break;
             }
-            let safe = text.len() - held_back(&text, &params.stop);
-            if safe > emitted {
-                let keep_going = on_text(&text[emitted..safe]);
-                emitted = safe;
-                if !keep_going {
-                    stop_reason = StopReason::Cancelled;
-                    break;
-                }
+            if f.stopped {
+                stop_reason = StopReason::StopString;
+                break;
             }
             if params
                 .cancel
@@ -322,13 +300,18 @@ impl<'a> Session<'a> {
                 stop_reason = StopReason::Length;
                 break;
             }
-            next = self.step(&[next], &history, s, &mut rng)?;
-            self.cached.push(*history.last().unwrap());
+            next = self.step(model, &[next], &history, s, &mut rng)?;
+            self.cached.push(history[history.len() - 1]);
         }
         if stop_reason != StopReason::StopString {
+            // The decoder's last bytes, and what was held back as a possible stop prefix.
             text.push_str(&decoder.finish()?);
-            if text.len() > emitted {
-                on_text(&text[emitted..]);
+            let f = filter.feed(&mut text, true);
+            if !f.emit.is_empty() {
+                on_text(&text[f.emit]);
+            }
+            if f.stopped {
+                stop_reason = StopReason::StopString;
             }
         }
         timings.decode_tokens = out_tokens.len().saturating_sub(1);
@@ -344,13 +327,14 @@ impl<'a> Session<'a> {
     /// Runs `tokens` and samples the next one: one submit, a small readback.
     fn step(
         &mut self,
+        model: &mut Llama,
         tokens: &[u32],
         history: &[u32],
         s: &SamplingParams,
         rng: &mut rand::rngs::StdRng,
     ) -> Result<u32> {
-        let gpu = self.model.gpu.clone();
-        let vocab = self.model.cfg.vocab;
+        let gpu = model.gpu.clone();
+        let vocab = model.cfg.vocab;
         let greedy = s.temperature == 0.0;
         // Repetition penalty ids: distinct tokens of the recent window.
         let mut window: Vec<u32> = if s.repeat_penalty != 1.0 && s.repeat_last_n > 0 {
@@ -368,7 +352,7 @@ impl<'a> Session<'a> {
                     &gpu,
                     &sm.penalty_ids,
                     0,
-                    self.model.logits_buffer(),
+                    model.logits_buffer(),
                     0,
                     1.0,
                 )?);
@@ -387,11 +371,11 @@ impl<'a> Session<'a> {
             gpu.queue
                 .write_buffer(&sm.penalty_ids, 0, bytemuck::cast_slice(&window));
         }
-        let k = s.top_k;
+        let k = s.top_k.min(vocab); // the kernel writes at most vocab candidates
         if !greedy && k > 0 && sm.topk.as_ref().map(|(kk, _)| *kk) != Some(k) {
             let d = kernels::topk(
                 &gpu,
-                self.model.logits_buffer(),
+                model.logits_buffer(),
                 0,
                 vocab,
                 k,
@@ -407,7 +391,7 @@ impl<'a> Session<'a> {
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             )?);
         }
-        let logits = self.model.logits_buffer().raw.clone();
+        let logits = model.logits_buffer().raw.clone();
         let penalty_groups = (window.len() as u32).div_ceil(64);
         let mut record = |enc: &mut wgpu::CommandEncoder| -> Result<()> {
             {
@@ -451,7 +435,7 @@ impl<'a> Session<'a> {
             }
             Ok(())
         };
-        self.model.forward_last(tokens, Some(&mut record))?;
+        model.forward_last(tokens, Some(&mut record))?;
         let sm = &self.sampler;
         if greedy {
             let b = gpu.finish_read_back(&sm.staging, 4)?;
@@ -459,18 +443,79 @@ impl<'a> Session<'a> {
         }
         let cands: Vec<(f32, u32)> = if k > 0 {
             let b = gpu.finish_read_back(&sm.staging, MAX_TOP_K as u64 * 8)?;
-            let v: &[f32] = bytemuck::cast_slice(&b[..k as usize * 4]);
-            let i: &[u32] = bytemuck::cast_slice(&b[MAX_TOP_K as usize * 4..][..k as usize * 4]);
-            v.iter().copied().zip(i.iter().copied()).collect()
+            let v = f32s_from_bytes(&b[..k as usize * 4]);
+            let i = u32s_from_bytes(&b[MAX_TOP_K as usize * 4..][..k as usize * 4]);
+            v.into_iter().zip(i).collect()
         } else {
             let b = gpu.finish_read_back(sm.staging_full.as_ref().unwrap(), vocab as u64 * 4)?;
-            bytemuck::cast_slice::<u8, f32>(&b)
-                .iter()
-                .copied()
-                .zip(0u32..)
-                .collect()
+            f32s_from_bytes(&b).into_iter().zip(0u32..).collect()
         };
         Ok(sample(cands, s, rng))
+    }
+}
+
+/// Stop strings over streamed text: cuts the text at the first stop string and holds back a
+/// tail that could still turn into one, so no part of a stop string is ever emitted.
+pub struct StopFilter {
+    stops: Vec<String>,
+    max_stop: usize,
+    emitted: usize,
+}
+
+/// What [`StopFilter::feed`] decided: the byte range of the text to emit now, and whether a
+/// stop string ended the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filtered {
+    pub emit: std::ops::Range<usize>,
+    pub stopped: bool,
+}
+
+impl StopFilter {
+    pub fn new(stops: &[String]) -> StopFilter {
+        let stops: Vec<String> = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
+        let max_stop = stops.iter().map(String::len).max().unwrap_or(0);
+        StopFilter {
+            stops,
+            max_stop,
+            emitted: 0,
+        }
+    }
+
+    /// `text` is all the text so far (it only ever grows between calls). A stop string in it
+    /// truncates it there; otherwise everything new is emitted but a possible stop prefix at
+    /// the end, which `last` releases too.
+    pub fn feed(&mut self, text: &mut String, last: bool) -> Filtered {
+        // Back far enough that a stop string straddling what was emitted is found, and no
+        // further than the start of the character there (text is UTF-8).
+        let mut from = self.emitted.saturating_sub(self.max_stop).min(text.len());
+        while !text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|st| text[from..].find(st.as_str()).map(|i| from + i))
+            .min();
+        if let Some(at) = hit {
+            text.truncate(at);
+            let start = self.emitted.min(at);
+            self.emitted = at;
+            return Filtered {
+                emit: start..at,
+                stopped: true,
+            };
+        }
+        let safe = if last {
+            text.len()
+        } else {
+            text.len() - held_back(text, &self.stops)
+        };
+        let start = self.emitted;
+        self.emitted = self.emitted.max(safe);
+        Filtered {
+            emit: start..self.emitted,
+            stopped: false,
+        }
     }
 }
 
@@ -545,6 +590,47 @@ mod tests {
         assert_eq!(held_back("hello </", &stops), 2);
         assert_eq!(held_back("hello\n", &stops), 1);
         assert_eq!(held_back("hello", &stops), 0);
+    }
+
+    /// Feeds `pieces` one by one, as tokens arrive; returns what was emitted and whether a stop
+    /// string ended it.
+    fn stream(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut f = StopFilter::new(&stops);
+        let (mut text, mut out) = (String::new(), String::new());
+        for (i, p) in pieces.iter().enumerate() {
+            text.push_str(p);
+            let r = f.feed(&mut text, i + 1 == pieces.len());
+            out.push_str(&text[r.emit]);
+            if r.stopped {
+                return (out, true);
+            }
+        }
+        (out, false)
+    }
+
+    #[test]
+    fn stop_strings_never_split_a_character() {
+        // The regression: the search start fell inside "é" (2 bytes) and slicing panicked.
+        assert_eq!(stream(&["ab"], &["é", "x", "ab"]), ("éx".into(), true));
+        assert_eq!(
+            stream(&["."], &["C'est très ", "beau", "é", "."]),
+            ("C'est très beaué".into(), true)
+        );
+        assert_eq!(
+            stream(&["🙂!"], &["ok 🙂", "🙂", "!"]),
+            ("ok 🙂".into(), true)
+        );
+        assert_eq!(
+            stream(&["\n\n"], &["naïve", "\n", "ß"]),
+            ("naïve\nß".into(), false)
+        );
+        // A held-back prefix is released at the end when no stop follows.
+        assert_eq!(stream(&["</s>"], &["done </"]), ("done </".into(), false));
+        assert_eq!(
+            stream(&[""], &["empty stops are ignored"]),
+            ("empty stops are ignored".into(), false)
+        );
     }
 
     #[test]

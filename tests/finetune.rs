@@ -66,7 +66,7 @@ fn dataset(e: &Engine, path: &Path) -> Dataset {
         max_len: 40,
         ..Default::default()
     };
-    Dataset::load(path, &e.tokenizer, &opts).unwrap()
+    Dataset::load(path, e.tokenizer(), &opts).unwrap()
 }
 
 fn config() -> TrainConfig {
@@ -96,7 +96,7 @@ fn fine_tune_lowers_the_loss_and_resumes_bit_for_bit() {
     let e = engine();
     let dir = temp_dir("finetune");
     let data = dataset(&e, &reviews(&dir, 0, 15));
-    let pad = e.tokenizer.eos_ids()[0];
+    let pad = e.tokenizer().eos_ids()[0];
     let cfg = config();
 
     // One uninterrupted run.
@@ -106,7 +106,7 @@ fn fine_tune_lowers_the_loss_and_resumes_bit_for_bit() {
         checkpoint_dir: Some(full_dir.clone()),
         ..Default::default()
     };
-    let full = fine_tune(&e.model, &data, pad, &cfg, &run, &mut |ev| {
+    let full = fine_tune(e.model(), &data, pad, &cfg, &run, &mut |ev| {
         events.push(ev.clone())
     })
     .unwrap();
@@ -148,7 +148,7 @@ fn fine_tune_lowers_the_loss_and_resumes_bit_for_bit() {
         resume: true,
         cancel: Some(cancel.clone()),
     };
-    let first = fine_tune(&e.model, &data, pad, &cfg, &run, &mut |ev| {
+    let first = fine_tune(e.model(), &data, pad, &cfg, &run, &mut |ev| {
         if let TrainEvent::Step(s) = ev {
             if s.step == 2 {
                 cancel.store(true, Ordering::Relaxed);
@@ -160,7 +160,7 @@ fn fine_tune_lowers_the_loss_and_resumes_bit_for_bit() {
     assert_eq!(first.steps, 2);
     cancel.store(false, Ordering::Relaxed);
     let mut resumed_at = 0;
-    let second = fine_tune(&e.model, &data, pad, &cfg, &run, &mut |ev| {
+    let second = fine_tune(e.model(), &data, pad, &cfg, &run, &mut |ev| {
         if let TrainEvent::Started { first_step, .. } = ev {
             resumed_at = *first_step;
         }
@@ -175,7 +175,7 @@ fn fine_tune_lowers_the_loss_and_resumes_bit_for_bit() {
     // A different config does not resume from that checkpoint.
     let mut other = cfg.clone();
     other.lr = 1e-3;
-    let err = fine_tune(&e.model, &data, pad, &other, &run, &mut |_| {})
+    let err = fine_tune(e.model(), &data, pad, &other, &run, &mut |_| {})
         .err()
         .unwrap()
         .to_string();
@@ -198,7 +198,8 @@ fn fine_tune_lowers_the_loss_and_resumes_bit_for_bit() {
         serde_json::json!(["q_proj", "v_proj", "down_proj"])
     );
 
-    let mut model = engine().model;
+    let mut eng = engine();
+    let model = eng.model_mut();
     let adapter = GpuAdapter::upload(&model.gpu, &back, &model.cfg).unwrap();
     model.set_adapters(vec![(Arc::new(adapter), 1.0)]).unwrap();
     let ex = &data.examples[0];
@@ -219,9 +220,10 @@ fn fine_tune_lowers_the_loss_and_resumes_bit_for_bit() {
     }
     let inference_loss = sum / n as f64;
     let trained =
-        lamina::train::TrainableAdapter::from_weights(&e.model.gpu, &e.model.cfg, &back).unwrap();
+        lamina::train::TrainableAdapter::from_weights(&e.model().gpu, &e.model().cfg, &back)
+            .unwrap();
     let mut tr = lamina::train::Trainer::new(
-        &e.model,
+        e.model(),
         trained,
         lamina::train::TrainerOptions {
             max_batch: 1,
@@ -246,7 +248,7 @@ fn bad_training_config_is_a_clear_error() {
     let mut cfg = config();
     cfg.lora.targets = vec!["qproj".into()];
     let err = fine_tune(
-        &e.model,
+        e.model(),
         &data,
         0,
         &cfg,
@@ -258,10 +260,17 @@ fn bad_training_config_is_a_clear_error() {
     .to_string();
     assert!(err.contains("unknown LoRA target 'qproj'"), "{err}");
     let run = |cfg: &TrainConfig| {
-        fine_tune(&e.model, &data, 0, cfg, &RunOptions::default(), &mut |_| {})
-            .err()
-            .unwrap()
-            .to_string()
+        fine_tune(
+            e.model(),
+            &data,
+            0,
+            cfg,
+            &RunOptions::default(),
+            &mut |_| {},
+        )
+        .err()
+        .unwrap()
+        .to_string()
     };
     let mut cfg = config();
     cfg.beta1 = 1.0;
@@ -285,7 +294,7 @@ fn a_step_with_a_non_finite_gradient_is_skipped() {
     use lamina::kernels::AdamW;
     use lamina::train::{LoraSettings, TrainableAdapter, Trainer, TrainerOptions};
     let e = engine();
-    let (gpu, cfg) = (&e.model.gpu, &e.model.cfg);
+    let (gpu, cfg) = (&e.model().gpu, &e.model().cfg);
     let settings = LoraSettings {
         r: 2,
         targets: vec!["v_proj".into()],
@@ -302,7 +311,7 @@ fn a_step_with_a_non_finite_gradient_is_skipped() {
         max_seq: 8,
         recompute: false,
     };
-    let mut tr = Trainer::new(&e.model, adapter, opts).unwrap();
+    let mut tr = Trainer::new(e.model(), adapter, opts).unwrap();
     tr.zero_grad();
     let ids = [1u32, 2, 3, 4, 5, 6];
     let labels = [1i64, 2, 3, 4, 5, 6];

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use lamina::engine::{Engine, EngineOptions};
-use lamina::generate::{GenerateParams, SamplingParams, Session, StopReason};
+use lamina::generate::{GenerateParams, SamplingParams, StopReason};
 use lamina::model::ModelOptions;
 use safetensors::SafeTensors;
 
@@ -49,7 +49,7 @@ fn greedy_continuations_equal_transformers_and_counters_are_per_token() {
     let st = SafeTensors::deserialize(&data).unwrap();
     let mut e = engine();
     let gpu = e.gpu().clone();
-    let mut s = Session::new(&mut e.model, &e.tokenizer).unwrap();
+    let s = &mut e;
     for p in 0..3 {
         let prompt = ids(&st, &format!("prompt{p}.input_ids"));
         let want = ids(&st, &format!("prompt{p}.greedy_ids"));
@@ -81,7 +81,7 @@ fn greedy_continuations_equal_transformers_and_counters_are_per_token() {
 #[test]
 fn sampling_is_reproducible_and_honours_stops_cancel_and_the_cache() {
     let mut e = engine();
-    let mut s = Session::new(&mut e.model, &e.tokenizer).unwrap();
+    let s = &mut e;
     let prompt = "Once upon a time";
     let sp = SamplingParams {
         temperature: 1.0,
@@ -167,14 +167,13 @@ fn sampling_is_reproducible_and_honours_stops_cancel_and_the_cache() {
 fn chat_turn_ends_at_end_of_turn() {
     let mut e = engine();
     let prompt = e
-        .tokenizer
+        .tokenizer()
         .apply_chat_template(
             &[lamina::tokenizer::ChatMessage::new("user", "Say hi.")],
             true,
         )
         .unwrap();
-    let mut s = Session::new(&mut e.model, &e.tokenizer).unwrap();
-    let g = s
+    let g = e
         .generate(&prompt, &params(48, SamplingParams::greedy()), &mut |_| {
             true
         })

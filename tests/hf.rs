@@ -35,15 +35,15 @@ fn checkpoint_logits_match_transformers() {
         ..Default::default()
     };
     let mut e = Engine::load(Some(&dir), opts).unwrap();
-    assert_eq!(e.model.cfg.n_layer, 2);
+    assert_eq!(e.model().cfg.n_layer, 2);
     assert!(
-        e.model.cfg.rope_neox,
+        e.model().cfg.rope_neox,
         "Hugging Face q/k layout rotates (i, i + d/2) pairs"
     );
     let prompt = expected["prompt"].as_str().unwrap();
-    assert_eq!(e.tokenizer.encode(prompt, true).unwrap(), ids);
+    assert_eq!(e.tokenizer().encode(prompt, true).unwrap(), ids);
 
-    let got = e.model.forward_all(&ids).unwrap();
+    let got = e.model_mut().forward_all(&ids).unwrap();
     assert_eq!(got.len(), want.len());
     let max_logit = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     let max_diff = got

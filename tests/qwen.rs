@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use lamina::generate::{GenerateParams, SamplingParams, Session, StopReason};
+use lamina::generate::{GenerateParams, Generator, SamplingParams, StopReason};
 use lamina::gguf::GgufFile;
 use lamina::gpu::{Gpu, GpuOptions};
 use lamina::model::{Llama, ModelOptions};
@@ -183,13 +183,15 @@ fn logits_and_greedy_continuations_match_transformers() {
     eprintln!("logits: {:.1} s", start.elapsed().as_secs_f64());
     let start = Instant::now();
 
-    let mut s = Session::new(&mut model, &tokenizer).unwrap();
+    let mut s = Generator::new(&mut model).unwrap();
     for (p, _, _) in prompts() {
         let prompt = i64s(&st, &format!("prompt{p}.input_ids"));
         let want = i64s(&st, &format!("prompt{p}.greedy_ids"));
-        s.reset();
+        s.reset(&mut model);
         let gen = s
             .generate_tokens(
+                &mut model,
+                &tokenizer,
                 &prompt,
                 &GenerateParams {
                     max_tokens: want.len(),
