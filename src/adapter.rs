@@ -104,6 +104,12 @@ impl LoraWeights {
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
         };
+        if !config.alpha.is_finite() || !config.scale().is_finite() {
+            return Err(file_err(
+                &cfg_path,
+                format!("'lora_alpha' {} gives no finite scale", config.alpha),
+            ));
+        }
         let st_path = dir.join("adapter_model.safetensors");
         let bytes = std::fs::read(&st_path).map_err(|e| file_err(&st_path, e))?;
         Self::from_safetensors(&bytes, config).map_err(|e| match e {
@@ -166,6 +172,31 @@ impl LoraWeights {
             return Err(Error::Invalid("no LoRA tensors found".into()));
         }
         Ok(LoraWeights { config, tensors })
+    }
+}
+
+impl LoraWeights {
+    /// Checks that every tensor fits `cfg`: the layer exists, A is `[r, in]` and B `[out, r]`.
+    /// Uploading, merging and resuming all call this before touching a value.
+    pub fn check_fits(&self, cfg: &Config) -> Result<()> {
+        let r = self.config.r as u64;
+        for (&(layer, m), (a, b)) in &self.tensors {
+            let (n_in, n_out) = module_dims(cfg, m);
+            if layer >= cfg.n_layer
+                || a.len() as u64 != r * n_in as u64
+                || b.len() as u64 != n_out as u64 * r
+            {
+                return Err(Error::Model(format!(
+                    "the adapter does not fit the model: layer {layer} {} has A {} and B {} values, \
+                     the model needs [{r}, {n_in}] and [{n_out}, {r}] ({} layers)",
+                    MODULES[m],
+                    a.len(),
+                    b.len(),
+                    cfg.n_layer
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -243,12 +274,22 @@ pub fn module_dims(cfg: &Config, module: usize) -> (u32, u32) {
 
 /// Hugging Face q/k row order to the GGUF one (adjacent rotary pairs): within each head, row
 /// `e * d/2 + i` moves to `2i + e`.
-pub fn permute_rows_for_gguf(b: &[f32], n_head: u32, head_dim: u32, cols: usize) -> Vec<f32> {
+pub fn permute_rows_for_gguf(
+    b: &[f32],
+    n_head: u32,
+    head_dim: u32,
+    cols: usize,
+) -> Result<Vec<f32>> {
     permute_head_rows(b, n_head, head_dim, cols, true)
 }
 
 /// The inverse of [`permute_rows_for_gguf`]: GGUF's q/k row order back to Hugging Face's.
-pub fn permute_rows_from_gguf(b: &[f32], n_head: u32, head_dim: u32, cols: usize) -> Vec<f32> {
+pub fn permute_rows_from_gguf(
+    b: &[f32],
+    n_head: u32,
+    head_dim: u32,
+    cols: usize,
+) -> Result<Vec<f32>> {
     permute_head_rows(b, n_head, head_dim, cols, false)
 }
 
@@ -263,18 +304,18 @@ fn permuted_heads(cfg: &Config, m: usize) -> Option<u32> {
 }
 
 /// Module `m`'s B (`[out, r]`, PEFT's row order) in the model's row order.
-pub fn b_to_model(cfg: &Config, m: usize, b: &[f32], r: usize) -> Vec<f32> {
+pub fn b_to_model(cfg: &Config, m: usize, b: &[f32], r: usize) -> Result<Vec<f32>> {
     match permuted_heads(cfg, m) {
         Some(heads) => permute_rows_for_gguf(b, heads, cfg.head_dim, r),
-        None => b.to_vec(),
+        None => Ok(b.to_vec()),
     }
 }
 
 /// The inverse of [`b_to_model`]: a B read from the model back in PEFT's row order.
-pub fn b_to_peft(cfg: &Config, m: usize, b: Vec<f32>, r: usize) -> Vec<f32> {
+pub fn b_to_peft(cfg: &Config, m: usize, b: Vec<f32>, r: usize) -> Result<Vec<f32>> {
     match permuted_heads(cfg, m) {
         Some(heads) => permute_rows_from_gguf(&b, heads, cfg.head_dim, r),
-        None => b,
+        None => Ok(b),
     }
 }
 
@@ -284,8 +325,15 @@ fn permute_head_rows(
     head_dim: u32,
     cols: usize,
     to_gguf: bool,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let (hd, half) = (head_dim as usize, head_dim as usize / 2);
+    let rows = n_head as usize * hd;
+    if b.len() != rows * cols {
+        return Err(Error::Model(format!(
+            "a q/k LoRA B of {} values does not fit [{rows}, {cols}] ({n_head} heads of {hd})",
+            b.len()
+        )));
+    }
     let mut out = vec![0f32; b.len()];
     for h in 0..n_head as usize {
         for e in 0..2 {
@@ -297,7 +345,7 @@ fn permute_head_rows(
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// One module's adapter on the GPU.
@@ -317,24 +365,11 @@ impl GpuAdapter {
     /// Checks every tensor against the model's shapes and uploads it.
     pub fn upload(gpu: &Gpu, w: &LoraWeights, cfg: &Config) -> Result<GpuAdapter> {
         let r = w.config.r;
+        w.check_fits(cfg)?;
         let mut layers: Vec<[Option<LoraModule>; 7]> =
             (0..cfg.n_layer).map(|_| Default::default()).collect();
         for (&(layer, m), (a, b)) in &w.tensors {
-            let (n_in, n_out) = module_dims(cfg, m);
-            if layer >= cfg.n_layer
-                || a.len() != (r * n_in) as usize
-                || b.len() != (n_out * r) as usize
-            {
-                return Err(Error::Model(format!(
-                    "the adapter does not fit the model: layer {layer} {} has A {} and B {} values, \
-                     the model needs [{r}, {n_in}] and [{n_out}, {r}] ({} layers)",
-                    MODULES[m],
-                    a.len(),
-                    b.len(),
-                    cfg.n_layer
-                )));
-            }
-            let b = b_to_model(cfg, m, b, r as usize);
+            let b = b_to_model(cfg, m, b, r as usize)?;
             layers[layer as usize][m] = Some(LoraModule {
                 a: gpu.storage_init("lora_A", bytemuck::cast_slice(a))?,
                 b: gpu.storage_init("lora_B", bytemuck::cast_slice(&b))?,
@@ -358,10 +393,11 @@ mod tests {
         let b: Vec<f32> = (0..(heads * hd) as usize * cols)
             .map(|i| i as f32)
             .collect();
-        let g = permute_rows_for_gguf(&b, heads, hd, cols);
+        let g = permute_rows_for_gguf(&b, heads, hd, cols).unwrap();
         assert_ne!(g, b);
         // Row 1 (first half, i = 1) of head 0 goes to adjacent-pair slot 2.
         assert_eq!(&g[2 * cols..3 * cols], &b[cols..2 * cols]);
-        assert_eq!(permute_rows_from_gguf(&g, heads, hd, cols), b);
+        assert_eq!(permute_rows_from_gguf(&g, heads, hd, cols).unwrap(), b);
+        assert!(permute_rows_for_gguf(&b[1..], heads, hd, cols).is_err());
     }
 }

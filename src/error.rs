@@ -23,6 +23,9 @@ pub enum Error {
     File { path: PathBuf, detail: String },
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The caller asked to stop (a cancel flag, a listener, Ctrl-C); what was done is kept.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

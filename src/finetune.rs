@@ -59,7 +59,9 @@ pub struct TrainConfig {
     pub validation_fraction: f32,
     /// Validate every this many steps (0: at the end of each epoch only).
     pub eval_every: u32,
-    /// Checkpoint every this many steps (0: only at the end and on cancellation).
+    /// Checkpoint every this many steps (0: only at the end and on cancellation). A
+    /// checkpoint of a LoRA adapter is a few MB, cheap next to a step, so the default keeps
+    /// at most 10 steps at risk when the process is killed.
     pub checkpoint_every: u32,
     pub seed: u64,
     /// Replay each layer's forward in the backward instead of keeping activations;
@@ -67,6 +69,11 @@ pub struct TrainConfig {
     pub recompute: Option<bool>,
     pub bucket_by_length: bool,
 }
+
+/// Most sequences per micro-batch (and micro-batches per step) a config may ask for.
+const MAX_BATCH: u32 = 4096;
+/// Longest example a config may ask for, in tokens.
+const MAX_LEN: u32 = 1 << 17;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -87,7 +94,7 @@ impl Default for TrainConfig {
             max_len: 256,
             validation_fraction: 0.1,
             eval_every: 0,
-            checkpoint_every: 0,
+            checkpoint_every: 10,
             seed: 42,
             recompute: None,
             bucket_by_length: true,
@@ -100,12 +107,28 @@ impl TrainConfig {
         toml::from_str(text).map_err(|e| Error::Invalid(format!("training config: {e}")))
     }
 
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         self.lora.target_mask()?;
         let bad = |m: String| Err(Error::Invalid(m));
         if self.batch_size == 0 || self.grad_accum == 0 {
             return bad("batch_size and grad_accum must be at least 1".into());
         }
+        if self.batch_size > MAX_BATCH || self.grad_accum > MAX_BATCH {
+            return bad(format!(
+                "batch_size {} and grad_accum {} must be at most {MAX_BATCH}",
+                self.batch_size, self.grad_accum
+            ));
+        }
+        if self.max_len > MAX_LEN {
+            return bad(format!("max_len {} (at most {MAX_LEN})", self.max_len));
+        }
+        if !(0.0..1.0).contains(&self.validation_fraction) {
+            return bad(format!(
+                "validation_fraction {} must be in [0, 1)",
+                self.validation_fraction
+            ));
+        }
+
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("learning rate {}", self.lr));
         }
@@ -342,13 +365,7 @@ pub fn fine_tune(
         n_train: train.len(),
     };
     if let (Some(dir), true) = (&run.checkpoint_dir, run.resume) {
-        if let Some(saved) = load_checkpoint(dir, &trainer, model)? {
-            if saved.config != *cfg || saved.n_train != train.len() {
-                return Err(Error::Invalid(format!(
-                    "the checkpoint in {} was made with another config or dataset",
-                    dir.display()
-                )));
-            }
+        if let Some(saved) = load_checkpoint(dir, &trainer, model, cfg, train.len())? {
             trainer.steps = saved.optimizer_steps;
             state = saved;
         }
@@ -548,6 +565,8 @@ fn load_checkpoint(
     dir: &Path,
     trainer: &Trainer,
     model: &Llama,
+    cfg: &TrainConfig,
+    n_train: usize,
 ) -> Result<Option<CheckpointState>> {
     let path = [dir.join("checkpoint"), dir.join("checkpoint.old")]
         .into_iter()
@@ -563,6 +582,28 @@ fn load_checkpoint(
     let text = std::fs::read_to_string(&sp).map_err(|e| file_err(&sp, e.to_string()))?;
     let state: CheckpointState =
         serde_json::from_str(&text).map_err(|e| file_err(&sp, e.to_string()))?;
+    // Everything about the run is checked before any tensor is read: a checkpoint of another
+    // model, config or dataset is refused with this message, not half restored.
+    if state.config != *cfg || state.n_train != n_train {
+        return Err(Error::Invalid(format!(
+            "the checkpoint in {} was made with another config or dataset",
+            dir.display()
+        )));
+    }
+    if state.optimizer_steps > state.step
+        || state.losses.len() != state.step as usize
+        || state.step == u32::MAX
+    {
+        return Err(file_err(
+            &sp,
+            format!(
+                "inconsistent: {} optimizer steps, step {}, {} losses",
+                state.optimizer_steps,
+                state.step,
+                state.losses.len()
+            ),
+        ));
+    }
     let weights = LoraWeights::load(&path)?;
     let mp = path.join(MOMENTS);
     let bytes = std::fs::read(&mp).map_err(|e| file_err(&mp, e.to_string()))?;

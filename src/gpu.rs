@@ -187,7 +187,7 @@ impl Gpu {
         let uncaptured = Arc::new(Mutex::new(None::<String>));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            let mut slot = sink.lock().unwrap();
+            let mut slot = lock(&sink);
             if slot.is_none() {
                 *slot = Some(e.to_string());
             }
@@ -229,7 +229,7 @@ impl Gpu {
 
     /// Returns (and clears) an error the device reported outside any scope.
     pub fn take_uncaptured_error(&self) -> Result<(), GpuError> {
-        match self.uncaptured.lock().unwrap().take() {
+        match lock(&self.uncaptured).take() {
             Some(e) => Err(GpuError::Operation(e)),
             None => Ok(()),
         }
@@ -328,7 +328,7 @@ impl Gpu {
             flags,
             constants: constants.to_vec(),
         };
-        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+        if let Some(p) = lock(&self.pipelines).get(&key) {
             return Ok(p.clone());
         }
         let source = shaders::source(kernel, &flags)
@@ -364,7 +364,7 @@ impl Gpu {
             });
         }
         let p = Arc::new(pipeline);
-        self.pipelines.lock().unwrap().insert(key, p.clone());
+        lock(&self.pipelines).insert(key, p.clone());
         Ok(p)
     }
 
@@ -444,15 +444,24 @@ impl Gpu {
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        self.wait()?;
-        rx.recv()
-            .map_err(|e| GpuError::Operation(e.to_string()))?
-            .map_err(|e| GpuError::Operation(e.to_string()))?;
-        let data = staging
-            .get_mapped_range(..)
-            .map_err(|e| GpuError::Operation(e.to_string()))?[..size as usize]
-            .to_vec();
+        let mapped = self.wait().and_then(|()| {
+            rx.recv()
+                .map_err(|e| GpuError::Operation(e.to_string()))?
+                .map_err(|e| GpuError::Operation(e.to_string()))?;
+            let range = staging
+                .get_mapped_range(..)
+                .map_err(|e| GpuError::Operation(e.to_string()))?;
+            range
+                .get(..size as usize)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| {
+                    GpuError::Operation(format!("read back of {size} bytes from a smaller buffer"))
+                })
+        });
+        // Mapped or still pending, the staging buffer is released either way: a buffer left
+        // mapped after an error would make every later read back through it fail.
         staging.unmap();
+        let data = mapped?;
         self.counters
             .bytes_read_back
             .fetch_add(size, Ordering::Relaxed);
@@ -466,7 +475,7 @@ impl Gpu {
         n: u64,
     ) -> Result<Vec<f32>, GpuError> {
         let bytes = self.read_back(src, offset_elems * 4, n * 4)?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        Ok(f32s_from_bytes(&bytes))
     }
 
     /// [`Gpu::read_f32`] of many buffers (each from its start, `n` values) in one submit.
@@ -480,9 +489,7 @@ impl Gpu {
         staging
             .iter()
             .zip(srcs)
-            .map(|(st, &(_, n))| {
-                Ok(bytemuck::cast_slice(&self.finish_read_back(st, n * 4)?).to_vec())
-            })
+            .map(|(st, &(_, n))| Ok(f32s_from_bytes(&self.finish_read_back(st, n * 4)?)))
             .collect()
     }
 
@@ -499,6 +506,23 @@ impl Gpu {
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         self.counters.dispatches.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Locks a mutex, also after a thread panicked holding it: the data guarded here (the first
+/// device error, the pipeline cache) stays valid whatever that thread was doing.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Little-endian f32s from bytes of any alignment (a `Vec<u8>` need not be 4-aligned, so
+/// `bytemuck::cast_slice` on it could panic).
+pub fn f32s_from_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec(&bytes[..bytes.len() / 4 * 4])
+}
+
+/// Little-endian u32s from bytes of any alignment.
+pub fn u32s_from_bytes(bytes: &[u8]) -> Vec<u32> {
+    bytemuck::pod_collect_to_vec(&bytes[..bytes.len() / 4 * 4])
 }
 
 /// Splits a 1-D count of workgroups into a grid within the per-dimension limit (65535).

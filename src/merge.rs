@@ -70,18 +70,7 @@ pub fn merge_into_gguf(
 ) -> Result<usize> {
     let cfg = Config::from_gguf(src)?;
     for (w, _) in adapters {
-        for &(l, m) in w.tensors.keys() {
-            let (n_in, n_out) = module_dims(&cfg, m);
-            let (a, b) = &w.tensors[&(l, m)];
-            let r = w.config.r;
-            if l >= cfg.n_layer || a.len() != (r * n_in) as usize || b.len() != (n_out * r) as usize
-            {
-                return Err(Error::Model(format!(
-                    "the adapter does not fit the model: layer {l} {} (model: {} layers, [{r}, {n_in}] and [{n_out}, {r}])",
-                    MODULES[m], cfg.n_layer
-                )));
-            }
-        }
+        w.check_fits(&cfg)?;
     }
     let mut tensors = Vec::with_capacity(src.tensors.len());
     let mut changed = 0;
@@ -117,7 +106,7 @@ pub fn merge_into_gguf(
             };
             let r = ad.config.r as usize;
             // GGUF Llama q/k rows are in adjacent-pair rotary order (see adapter.rs).
-            let b = b_to_model(&cfg, m, b, r);
+            let b = b_to_model(&cfg, m, b, r)?;
             let s = ad.config.scale() * weight;
             let k = n_in as usize;
             for o in 0..n_out as usize {
@@ -144,6 +133,15 @@ pub fn merge_into_gguf(
             MergeType::Q8_0 => GgmlType::Q8_0,
             MergeType::F32 => GgmlType::F32,
         };
+        if t.dims[0] % out_ty.block_size() as u64 != 0 {
+            return Err(Error::Invalid(format!(
+                "'{}' has rows of {} values, not a multiple of {:?}'s block of {}; merge to f16",
+                t.name,
+                t.dims[0],
+                out_ty,
+                out_ty.block_size()
+            )));
+        }
         tensors.push(writer::TensorData {
             name: t.name.clone(),
             dims: t.dims.clone(),

@@ -270,7 +270,7 @@ impl TrainableAdapter {
             }
             let entry = out.entry((t.layer, t.module)).or_default();
             if t.is_b {
-                entry.1 = b_to_peft(cfg, t.module, v, r);
+                entry.1 = b_to_peft(cfg, t.module, v, r)?;
             } else {
                 entry.0 = v;
             }
@@ -310,6 +310,13 @@ impl TrainableAdapter {
         weights: &LoraWeights,
         moments: &[Vec<f32>],
     ) -> Result<()> {
+        if weights.config != self.config {
+            return Err(Error::Invalid(format!(
+                "the checkpoint's LoRA settings {:?} differ from this run's {:?}",
+                weights.config, self.config
+            )));
+        }
+        weights.check_fits(cfg)?;
         let tensors = self.tensors(cfg);
         if moments.len() != 2 * tensors.len() {
             return Err(Error::Invalid(format!(
@@ -327,7 +334,7 @@ impl TrainableAdapter {
                 ))
             })?;
             let value = if t.is_b {
-                b_to_model(cfg, t.module, b, r)
+                b_to_model(cfg, t.module, b, r)?
             } else {
                 a.clone()
             };
@@ -541,8 +548,7 @@ impl Trainer {
         let qkv = qd + 2 * kvd;
         let r = adapter.config.r as u64;
         let f32s = |label: &str, n: u64| gpu.storage(label, n * 4);
-        let factors = model.weights.rope_freqs.as_deref().unwrap_or(&[]);
-        let table = kernels::rope_table_scaled(cfg.head_dim, cfg.rope_theta, max_seq, factors);
+        let table = cfg.rope_table(max_seq, model.weights.rope_freqs.as_deref());
         let layer_acts = |gpu: &Gpu| -> Result<LayerActs> {
             let f = |label: &str, n: u64| gpu.storage(label, n * 4);
             Ok(LayerActs {
@@ -798,7 +804,7 @@ impl Trainer {
         let staging = gpu.read_back_encode(&mut enc, &self.loss, 0, n_loss as u64 * 4)?;
         gpu.submit(enc);
         let bytes = gpu.finish_read_back(&staging, n_loss as u64 * 4)?;
-        let losses: &[f32] = bytemuck::cast_slice(&bytes);
+        let losses = crate::gpu::f32s_from_bytes(&bytes);
         let sum = losses.iter().map(|&v| v as f64).sum();
         Ok(BatchLoss {
             sum,
@@ -826,7 +832,7 @@ impl Trainer {
             .read_back_encode(&mut enc, &self.norms, 0, n as u64 * 4)?;
         self.gpu.submit(enc);
         let bytes = self.gpu.finish_read_back(&staging, n as u64 * 4)?;
-        let sq: f64 = bytemuck::cast_slice::<u8, f32>(&bytes)
+        let sq: f64 = crate::gpu::f32s_from_bytes(&bytes)
             .iter()
             .map(|&v| v as f64)
             .sum();

@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use lamina::engine::{Engine, EngineOptions};
-use lamina::generate::{GenerateParams, SamplingParams, Session};
+use lamina::generate::{GenerateParams, SamplingParams};
 use lamina::gpu::GpuOptions;
 use lamina::hf::Checkpoint;
 use lamina::model::ModelOptions;
@@ -122,7 +124,7 @@ impl SampleArgs {
                 seed,
             },
             stop: self.stop.clone(),
-            cancel: None,
+            cancel: Some(interrupt_flag()),
         }
     }
 }
@@ -351,12 +353,35 @@ enum FetchModel {
     Qwen25_05b,
 }
 
+/// Set by the first Ctrl-C: generation and training stop at the next token or step (training
+/// writes a checkpoint first). A second Ctrl-C exits at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone()
+}
+
+/// The exit status of a command stopped by SIGINT, as shells report it.
+const EXIT_INTERRUPTED: u8 = 130;
+
 fn main() -> ExitCode {
+    let flag = interrupt_flag();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(EXIT_INTERRUPTED as i32);
+        }
+        eprintln!("\ninterrupted: stopping after the current step (Ctrl-C again to quit now)");
+    });
     match run(Cli::parse()) {
+        Ok(()) if interrupt_flag().load(Ordering::SeqCst) => ExitCode::from(EXIT_INTERRUPTED),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            if matches!(e, lamina::Error::Cancelled(_)) {
+                ExitCode::from(EXIT_INTERRUPTED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -371,19 +396,13 @@ fn run(cli: Cli) -> lamina::Result<()> {
             stats,
         } => {
             let mut engine = model.load()?;
-            let text = if chat {
-                engine
-                    .tokenizer
-                    .apply_chat_template(&[ChatMessage::new("user", prompt)], true)?
-            } else {
-                prompt
-            };
             let params = sample.params();
-            let Engine {
-                tokenizer, model, ..
-            } = &mut engine;
-            let mut session = Session::new(model, tokenizer)?;
-            let g = session.generate(&text, &params, &mut lamina::engine::stream_to_stdout())?;
+            let out = &mut lamina::engine::stream_to_stdout();
+            let g = if chat {
+                engine.chat(&[ChatMessage::new("user", prompt)], &params, out)?
+            } else {
+                engine.generate(&prompt, &params, out)?
+            };
             println!();
             if stats {
                 eprintln!("{}", engine.report(&g));
@@ -397,16 +416,7 @@ fn run(cli: Cli) -> lamina::Result<()> {
         } => {
             let mut engine = model.load()?;
             let params = sample.params();
-            let Engine {
-                tokenizer, model, ..
-            } = &mut engine;
-            lamina::engine::chat_repl(
-                model,
-                tokenizer,
-                system,
-                &params,
-                &mut std::io::stdin().lock(),
-            )
+            lamina::engine::chat_repl(&mut engine, system, &params, &mut std::io::stdin().lock())
         }
         Cmd::Tokenize {
             model,
@@ -425,14 +435,14 @@ fn run(cli: Cli) -> lamina::Result<()> {
         }
         Cmd::Logits { model, prompt, out } => {
             let mut engine = model.load()?;
-            let ids = engine.tokenizer.encode(&prompt, true)?;
-            let logits = engine.model.forward_all(&ids)?;
-            write_logits(&out, &ids, &logits, engine.model.cfg.vocab as usize)?;
+            let ids = engine.tokenizer().encode(&prompt, true)?;
+            let vocab = engine.model().cfg.vocab;
+            let logits = engine.model_mut().forward_all(&ids)?;
+            write_logits(&out, &ids, &logits, vocab as usize)?;
             eprintln!(
-                "wrote {} ({} tokens x {} logits)",
+                "wrote {} ({} tokens x {vocab} logits)",
                 out.display(),
                 ids.len(),
-                engine.model.cfg.vocab
             );
             Ok(())
         }
@@ -601,7 +611,7 @@ fn train(
         }),
         ..Default::default()
     };
-    let dataset = Dataset::load(data, &engine.tokenizer, &opts)?;
+    let dataset = Dataset::load(data, engine.tokenizer(), &opts)?;
     eprintln!(
         "{}: {} examples ({} skipped, {} truncated to {} tokens)",
         data.display(),
@@ -610,7 +620,7 @@ fn train(
         dataset.truncated,
         cfg.max_len
     );
-    let pad = engine.tokenizer.eos_ids().first().copied().unwrap_or(0);
+    let pad = engine.tokenizer().eos_ids().first().copied().unwrap_or(0);
     let bar = indicatif::ProgressBar::hidden();
     let mut listener = |e: &TrainEvent| match e {
         TrainEvent::Started {
@@ -676,10 +686,17 @@ fn train(
     let run = RunOptions {
         checkpoint_dir: Some(out.to_path_buf()),
         resume,
-        cancel: None,
+        cancel: Some(interrupt_flag()),
     };
-    let result = fine_tune(&engine.model, &dataset, pad, &cfg, &run, &mut listener)?;
-    let base = engine.path.display().to_string();
+    let result = fine_tune(engine.model(), &dataset, pad, &cfg, &run, &mut listener)?;
+    if result.cancelled {
+        return Err(lamina::Error::Cancelled(format!(
+            "stopped after step {}; the checkpoint in {} is complete: add --resume to continue",
+            result.steps,
+            out.join("checkpoint").display()
+        )));
+    }
+    let base = engine.model_name().to_string();
     result
         .weights
         .save(out, cfg.lora.dropout, Some(base.as_str()))?;
@@ -755,13 +772,14 @@ fn grad(model: &ModelArgs, batch: &Path, out: &Path) -> lamina::Result<()> {
         .iter()
         .map(|&v| u32::try_from(v).map_err(|_| file_err(batch, format!("token id {v}"))))
         .collect::<lamina::Result<_>>()?;
-    let adapter = TrainableAdapter::from_weights(&engine.model.gpu, &engine.model.cfg, &weights)?;
+    let adapter =
+        TrainableAdapter::from_weights(&engine.model().gpu, &engine.model().cfg, &weights)?;
     let opts = TrainerOptions {
         max_batch: rows as u32,
         max_seq: t as u32,
         recompute: false,
     };
-    let mut trainer = Trainer::new(&engine.model, adapter, opts)?;
+    let mut trainer = Trainer::new(engine.model(), adapter, opts)?;
     trainer.zero_grad();
     let res = trainer.accumulate(&ids, &labels, rows)?;
     let loss = (res.sum / res.tokens.max(1) as f64) as f32;
