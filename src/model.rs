@@ -911,3 +911,63 @@ impl Llama {
         &self.act.logits_last
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{writer, GgufFile, Value};
+
+    fn config_with(extra: &[(&str, Value)]) -> Result<Config> {
+        let mut meta: Vec<(String, Value)> = [
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.block_count", Value::U32(2)),
+            ("llama.embedding_length", Value::U32(64)),
+            ("llama.attention.head_count", Value::U32(4)),
+            ("llama.feed_forward_length", Value::U32(128)),
+            ("llama.vocab_size", Value::U32(100)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        meta.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let g = GgufFile::from_bytes("t.gguf", writer::write(&meta, &[])).unwrap();
+        Config::from_gguf(&g)
+    }
+
+    #[test]
+    fn linear_rope_scaling_divides_positions_and_other_schemes_are_refused() {
+        let plain = config_with(&[]).unwrap();
+        let scaled = config_with(&[
+            ("llama.rope.scaling.type", Value::String("linear".into())),
+            ("llama.rope.scaling.factor", Value::F32(4.0)),
+        ])
+        .unwrap();
+        assert_eq!(scaled.rope_linear, 4.0);
+        let (a, b) = (plain.rope_table(64, None), scaled.rope_table(256, None));
+        let half = (plain.head_dim / 2) as usize;
+        // Position 4p scaled by 4 is position p unscaled.
+        for p in 0..64 {
+            for i in 0..half {
+                let (x, y) = (a[p * half + i], b[4 * p * half + i]);
+                assert!(
+                    (x[0] - y[0]).abs() < 1e-4 && (x[1] - y[1]).abs() < 1e-4,
+                    "p {p} i {i}"
+                );
+            }
+        }
+        let old = config_with(&[("llama.rope.scale_linear", Value::F32(2.0))]).unwrap();
+        assert_eq!(old.rope_linear, 2.0);
+        for kind in ["yarn", "longrope", "dynamic"] {
+            let err = config_with(&[("llama.rope.scaling.type", Value::String(kind.into()))])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(kind) && err.contains("not supported"), "{err}");
+        }
+        assert!(config_with(&[
+            ("llama.rope.scaling.type", Value::String("linear".into())),
+            ("llama.rope.scaling.factor", Value::F32(f32::NAN)),
+        ])
+        .is_err());
+    }
+}
