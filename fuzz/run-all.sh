@@ -16,12 +16,16 @@ target_dir="${CARGO_TARGET_DIR:-$(pwd)/../target}/fuzz"
 # No sanitizer: the code is safe Rust; what the fuzzer hunts are panics (debug assertions on,
 # so integer overflow panics too), aborts from huge allocations, and hangs.
 cargo fuzz build -s none --target-dir "$target_dir"
+# New inputs go to a scratch folder (the first corpus libFuzzer is given); the committed
+# corpus is only read.
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
 for t in "${targets[@]}"; do
-  mkdir -p "corpus/$t"
+  mkdir -p "corpus/$t" "$work/$t"
   echo "== fuzz $t for ${secs}s"
   log="$(mktemp)"
   status=0
-  cargo fuzz run -s none --target-dir "$target_dir" "$t" "corpus/$t" -- \
+  cargo fuzz run -s none --target-dir "$target_dir" "$t" "$work/$t" "corpus/$t" -- \
     -max_total_time="$secs" -rss_limit_mb=4096 -malloc_limit_mb=2048 -timeout=20 \
     -max_len=65536 -print_final_stats=1 >"$log" 2>&1 || status=$?
   grep -E "^stat::(number_of_executed_units|peak_rss_mb)" "$log" || true
