@@ -176,6 +176,71 @@ impl LoraWeights {
 }
 
 impl LoraWeights {
+    /// One adapter equal to the weighted sum of `adapters`: ranks are stacked (A rows, B
+    /// columns) and each one's scale and weight folded into its B, so the result, at scale 1,
+    /// adds exactly `sum_i w_i s_i B_i A_i x`. A single adapter of weight 1 comes back as it is.
+    pub fn combine(adapters: &[(LoraWeights, f32)]) -> Result<LoraWeights> {
+        match adapters {
+            [] => return Err(Error::Invalid("no adapters to combine".into())),
+            [(w, weight)] if *weight == 1.0 => return Ok(w.clone()),
+            _ => {}
+        }
+        let r: u32 = adapters.iter().map(|(w, _)| w.config.r).sum();
+        let mut keys: Vec<(u32, usize)> = adapters
+            .iter()
+            .flat_map(|(w, _)| w.tensors.keys().copied())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut tensors = BTreeMap::new();
+        for key in keys {
+            // Input and output widths from whichever adapter has this module.
+            let (n_in, n_out) = adapters
+                .iter()
+                .find_map(|(w, _)| {
+                    let (a, b) = w.tensors.get(&key)?;
+                    let ri = w.config.r as usize;
+                    Some((a.len() / ri, b.len() / ri))
+                })
+                .unwrap_or((0, 0));
+            let (mut a_all, mut b_all) = (Vec::new(), vec![0f32; n_out * r as usize]);
+            let mut col = 0usize;
+            for (w, weight) in adapters {
+                let ri = w.config.r as usize;
+                let k = weight * w.config.scale();
+                match w.tensors.get(&key) {
+                    Some((a, b)) => {
+                        if a.len() != ri * n_in || b.len() != n_out * ri {
+                            return Err(Error::Invalid(format!(
+                                "adapters disagree on the shape of layer {} {}",
+                                key.0, MODULES[key.1]
+                            )));
+                        }
+                        a_all.extend_from_slice(a);
+                        for o in 0..n_out {
+                            for j in 0..ri {
+                                b_all[o * r as usize + col + j] = k * b[o * ri + j];
+                            }
+                        }
+                    }
+                    None => a_all.extend(std::iter::repeat_n(0.0, ri * n_in)),
+                }
+                col += ri;
+            }
+            tensors.insert(key, (a_all, b_all));
+        }
+        Ok(LoraWeights {
+            config: LoraConfig {
+                r,
+                alpha: r as f32,
+                use_rslora: false,
+            },
+            tensors,
+        })
+    }
+}
+
+impl LoraWeights {
     /// Checks that every tensor fits `cfg`: the layer exists, A is `[r, in]` and B `[out, r]`.
     /// Uploading, merging and resuming all call this before touching a value.
     pub fn check_fits(&self, cfg: &Config) -> Result<()> {

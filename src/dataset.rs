@@ -407,6 +407,112 @@ impl Dataset {
 /// Right-pads a batch: `input_ids` padded with `pad_id`, attention mask 1 on tokens and 0 on
 /// padding, labels [`IGNORE_INDEX`] on padding. Returns (ids `[B*T]`, labels `[B*T]`,
 /// mask `[B*T]`, T) with T the longest example's length (0 for an empty batch).
+/// `(text, label)` rows of a `.jsonl` / `.json` / `.csv` file, untokenized (for evaluation
+/// and classification): the fields are `text` and `label`, or the pair `columns` names. A
+/// malformed row is an error that names its line (or JSON array item).
+pub fn read_labelled(
+    path: &Path,
+    columns: Option<&(String, String)>,
+) -> Result<Vec<(String, String)>> {
+    let file_err = |detail: String| Error::File {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..valid]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        file_err(format!("line {line}: not UTF-8 text"))
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let (k_text, k_label) = columns
+        .cloned()
+        .unwrap_or_else(|| ("text".to_string(), "label".to_string()));
+    let pair = |loc: &str, rec: &Record| -> Result<(String, String)> {
+        let t = rec
+            .text(&k_text)
+            .map_err(|e| file_err(format!("{loc}: {e}")))?;
+        let l = rec
+            .label(&k_label)
+            .map_err(|e| file_err(format!("{loc}: {e}")))?;
+        if l.is_empty() {
+            return Err(file_err(format!("{loc}: empty \"{k_label}\"")));
+        }
+        Ok((t.to_string(), l))
+    };
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    match ext.as_str() {
+        "csv" => {
+            let records = parse_csv(text).map_err(file_err)?;
+            let Some(((_, header), rows)) = records.split_first() else {
+                return Err(file_err("no rows (the file is empty)".into()));
+            };
+            let header: Vec<String> = header.iter().map(|h| h.trim().to_string()).collect();
+            for (line, fields) in rows {
+                if fields.len() != header.len() {
+                    return Err(file_err(format!(
+                        "line {line}: {} fields where the header has {}",
+                        fields.len(),
+                        header.len()
+                    )));
+                }
+                let rec = Record::Csv {
+                    header: &header,
+                    fields,
+                };
+                out.push(pair(&format!("line {line}"), &rec)?);
+            }
+        }
+        "jsonl" | "ndjson" | "json" => {
+            let array = ext == "json" && text.trim_start().starts_with('[');
+            let rows: Vec<(String, serde_json::Value)> = if array {
+                let items: Vec<serde_json::Value> = serde_json::from_str(text)
+                    .map_err(|e| file_err(format!("not valid JSON: {e}")))?;
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("item {}", i + 1), v))
+                    .collect()
+            } else {
+                let mut rows = Vec::new();
+                for (i, l) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    let v = serde_json::from_str(l)
+                        .map_err(|e| file_err(format!("line {}: {}", i + 1, json_error(&e))))?;
+                    rows.push((format!("line {}", i + 1), v));
+                }
+                rows
+            };
+            for (loc, v) in rows {
+                let map = v.as_object().ok_or_else(|| {
+                    file_err(format!("{loc}: not a JSON object (found {})", kind(&v)))
+                })?;
+                out.push(pair(&loc, &Record::Json(map))?);
+            }
+        }
+        _ => {
+            return Err(file_err(format!(
+                "unknown data file type (extension {ext:?}): expected .jsonl, .json or .csv"
+            )))
+        }
+    }
+    if out.is_empty() {
+        return Err(file_err("no rows".into()));
+    }
+    Ok(out)
+}
+
 pub fn collate(examples: &[&Example], pad_id: u32) -> (Vec<u32>, Vec<i64>, Vec<u32>, usize) {
     let t = examples.iter().map(|e| e.len()).max().unwrap_or(0);
     let total = examples.len() * t;

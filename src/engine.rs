@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::adapter::{GpuAdapter, LoraWeights};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generate::{GenerateParams, Generation, Generator};
 use crate::gguf::GgufFile;
 use crate::gpu::{Gpu, GpuOptions};
@@ -34,6 +34,9 @@ pub struct Engine {
     model: Llama,
     /// Made on the first generation; `None` again whenever the model changes.
     generator: Option<Generator>,
+    /// The applied adapters' weights on the CPU, where known (evaluation runs them in its
+    /// batched trainer forward).
+    lora: Option<Vec<(LoraWeights, f32)>>,
     load_secs: f64,
 }
 
@@ -83,6 +86,7 @@ impl Engine {
             tokenizer,
             model,
             generator: None,
+            lora: Some(Vec::new()),
             load_secs: start.elapsed().as_secs_f64(),
         })
     }
@@ -192,7 +196,65 @@ impl Engine {
     /// base model. The cached conversation is dropped.
     pub fn apply_adapters(&mut self, adapters: Vec<(Arc<GpuAdapter>, f32)>) -> Result<()> {
         self.forget();
+        self.lora = adapters.is_empty().then(Vec::new);
         self.model.set_adapters(adapters)
+    }
+
+    /// Uploads and applies these adapters (unmerged, weighted), keeping their weights for
+    /// [`Engine::evaluate`]; an empty list returns to the base model.
+    pub fn apply_lora(&mut self, adapters: Vec<(LoraWeights, f32)>) -> Result<()> {
+        let mut gpu_adapters = Vec::with_capacity(adapters.len());
+        for (w, weight) in &adapters {
+            let gpu = self.model.gpu.clone();
+            let up = GpuAdapter::upload(&gpu, w, &self.model.cfg)?;
+            gpu_adapters.push((Arc::new(up), *weight));
+        }
+        self.apply_adapters(gpu_adapters)?;
+        self.lora = Some(adapters);
+        Ok(())
+    }
+
+    /// Each label's probability after `template` (with `{text}` replaced by `text`), on the
+    /// model with its adapters; see [`crate::task`]. Drops the cached conversation.
+    pub fn classify(
+        &mut self,
+        text: &str,
+        labels: &[String],
+        template: &str,
+    ) -> Result<Vec<crate::task::LabelScore>> {
+        self.forget();
+        crate::task::classify(&mut self.model, &self.tokenizer, text, labels, template)
+    }
+
+    /// Accuracy, per-label figures and the confusion matrix over `data`, many examples per
+    /// forward pass, with the adapters applied through [`Engine::apply_lora`] or
+    /// [`Engine::set_adapters`].
+    pub fn evaluate(
+        &self,
+        data: &[crate::task::Labelled],
+        labels: &[String],
+        template: &str,
+        opts: &crate::task::EvalOptions,
+    ) -> Result<crate::task::Evaluation> {
+        let lora = self.lora.as_ref().ok_or_else(|| {
+            Error::Invalid(
+                "evaluate needs the adapters' weights: apply them with apply_lora or set_adapters"
+                    .into(),
+            )
+        })?;
+        let combined = match lora.as_slice() {
+            [] => None,
+            some => Some(LoraWeights::combine(some)?),
+        };
+        crate::task::evaluate(
+            &self.model,
+            &self.tokenizer,
+            combined.as_ref(),
+            data,
+            labels,
+            template,
+            opts,
+        )
     }
 }
 
@@ -203,12 +265,9 @@ impl Engine {
         let mut adapters = Vec::new();
         for spec in specs {
             let (dir, weight) = parse_adapter_spec(spec);
-            let weights = LoraWeights::load(Path::new(dir))?;
-            let gpu = self.model.gpu.clone();
-            let adapter = GpuAdapter::upload(&gpu, &weights, &self.model.cfg)?;
-            adapters.push((Arc::new(adapter), weight));
+            adapters.push((LoraWeights::load(Path::new(dir))?, weight));
         }
-        self.apply_adapters(adapters)
+        self.apply_lora(adapters)
     }
 
     /// Fine-tunes a LoRA adapter on `data` over this engine's frozen model (see

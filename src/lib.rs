@@ -20,6 +20,7 @@ pub mod merge;
 pub mod model;
 pub mod quant;
 pub mod shaders;
+pub mod task;
 pub mod tokenizer;
 pub mod train;
 pub use error::{Error, Result};

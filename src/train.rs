@@ -686,7 +686,7 @@ impl Trainer {
         labels: &[i64],
         n_seq: usize,
     ) -> Result<BatchLoss> {
-        let out = self.run(input_ids, labels, n_seq, true)?;
+        let (out, _) = self.run(input_ids, labels, n_seq, true)?;
         self.pending_tokens += out.tokens;
         Ok(out)
     }
@@ -699,16 +699,51 @@ impl Trainer {
         labels: &[i64],
         n_seq: usize,
     ) -> Result<BatchLoss> {
-        self.run(input_ids, labels, n_seq, false)
+        Ok(self.run(input_ids, labels, n_seq, false)?.0)
     }
 
-    fn run(
+    /// `-log p(label | the tokens up to position t of sequence b)` for each target
+    /// `(b, t, label)`, in the order given, without a backward. One position may carry many
+    /// targets: the scores of every label at the end of a prompt from one forward pass (what
+    /// [`crate::task::evaluate`] classifies by).
+    pub fn target_losses(
         &mut self,
         input_ids: &[u32],
-        labels: &[i64],
         n_seq: usize,
-        backward: bool,
-    ) -> Result<BatchLoss> {
+        targets: &[(usize, usize, u32)],
+    ) -> Result<Vec<f32>> {
+        let (seq, seq_p) = self.check_batch(input_ids, input_ids.len(), n_seq)?;
+        let vocab = self.cfg.vocab;
+        let mut idx = Vec::with_capacity(targets.len());
+        let mut lab = Vec::with_capacity(targets.len());
+        for &(b, t, l) in targets {
+            if b >= n_seq || t >= seq || l >= vocab {
+                return Err(Error::Invalid(format!(
+                    "target (sequence {b}, position {t}, label {l}) is outside the batch of \
+                     {n_seq} x {seq} or the vocabulary ({vocab})"
+                )));
+            }
+            idx.push(b as u32 * seq_p + t as u32);
+            lab.push(l);
+        }
+        let capacity = self.opts.max_batch as usize * self.opts.max_seq as usize;
+        if targets.len() > capacity {
+            return Err(Error::Invalid(format!(
+                "{} targets exceed the trainer's {capacity} rows",
+                targets.len()
+            )));
+        }
+        let ids = Self::pad_rows(input_ids, n_seq, seq, seq_p);
+        Ok(self.run_rows(n_seq, seq_p, &ids, idx, lab, false)?.1)
+    }
+
+    /// Checks a batch's shape; returns (tokens per sequence, the same padded for the kernels).
+    fn check_batch(
+        &self,
+        input_ids: &[u32],
+        n_labels: usize,
+        n_seq: usize,
+    ) -> Result<(usize, u32)> {
         let vocab = self.cfg.vocab;
         if n_seq == 0 || input_ids.is_empty() || !input_ids.len().is_multiple_of(n_seq) {
             return Err(Error::Invalid(format!(
@@ -716,10 +751,9 @@ impl Trainer {
                 input_ids.len()
             )));
         }
-        if labels.len() != input_ids.len() {
+        if n_labels != input_ids.len() {
             return Err(Error::Invalid(format!(
-                "{} labels for {} tokens",
-                labels.len(),
+                "{n_labels} labels for {} tokens",
                 input_ids.len()
             )));
         }
@@ -736,12 +770,30 @@ impl Trainer {
                 "token id {bad} is outside the vocabulary ({vocab})"
             )));
         }
+        Ok((seq, seq_p))
+    }
+
+    /// Sequences of `seq` tokens laid out at a stride of `seq_p` (zeros after each).
+    fn pad_rows(input_ids: &[u32], n_seq: usize, seq: usize, seq_p: u32) -> Vec<u32> {
         let mut ids = Vec::with_capacity(n_seq * seq_p as usize);
+        for b in 0..n_seq {
+            ids.extend_from_slice(&input_ids[b * seq..][..seq]);
+            ids.resize((b + 1) * seq_p as usize, 0);
+        }
+        ids
+    }
+
+    fn run(
+        &mut self,
+        input_ids: &[u32],
+        labels: &[i64],
+        n_seq: usize,
+        backward: bool,
+    ) -> Result<(BatchLoss, Vec<f32>)> {
+        let vocab = self.cfg.vocab;
+        let (seq, seq_p) = self.check_batch(input_ids, labels.len(), n_seq)?;
         let (mut idx, mut lab) = (Vec::new(), Vec::new());
         for b in 0..n_seq {
-            let row = &input_ids[b * seq..][..seq];
-            ids.extend_from_slice(row);
-            ids.resize((b + 1) * seq_p as usize, 0);
             for t in 0..seq - 1 {
                 let l = labels[b * seq + t + 1];
                 if l == IGNORE {
@@ -757,14 +809,30 @@ impl Trainer {
                 lab.push(l as u32);
             }
         }
+        let ids = Self::pad_rows(input_ids, n_seq, seq, seq_p);
+        self.run_rows(n_seq, seq_p, &ids, idx, lab, backward)
+    }
+
+    /// Runs a batch laid out in padded rows, with loss at rows `idx` against `lab`; returns
+    /// the loss and each target's cross-entropy.
+    fn run_rows(
+        &mut self,
+        n_seq: usize,
+        seq_p: u32,
+        ids: &[u32],
+        mut idx: Vec<u32>,
+        mut lab: Vec<u32>,
+        backward: bool,
+    ) -> Result<(BatchLoss, Vec<f32>)> {
         let rows = ids.len();
         let n_loss = idx.len();
         if n_loss == 0 {
-            return Ok(BatchLoss {
+            let none = BatchLoss {
                 sum: 0.0,
                 tokens: 0,
                 rows,
-            });
+            };
+            return Ok((none, Vec::new()));
         }
         let n_loss_p = (n_loss as u32).div_ceil(16) * 16;
         idx.resize(n_loss_p as usize, PAD_ROW);
@@ -779,7 +847,7 @@ impl Trainer {
         }
         let gpu = self.gpu.clone();
         gpu.queue
-            .write_buffer(&self.tokens, 0, bytemuck::cast_slice(&ids));
+            .write_buffer(&self.tokens, 0, bytemuck::cast_slice(ids));
         gpu.queue
             .write_buffer(&self.loss_idx, 0, bytemuck::cast_slice(&idx));
         gpu.queue
@@ -806,11 +874,12 @@ impl Trainer {
         let bytes = gpu.finish_read_back(&staging, n_loss as u64 * 4)?;
         let losses = crate::gpu::f32s_from_bytes(&bytes);
         let sum = losses.iter().map(|&v| v as f64).sum();
-        Ok(BatchLoss {
+        let out = BatchLoss {
             sum,
             tokens: n_loss,
             rows,
-        })
+        };
+        Ok((out, losses))
     }
 
     /// The global L2 norm of the accumulated gradients times `scale` (NaN if any is not

@@ -568,3 +568,47 @@ fn corrupt_training_inputs_give_errors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_batch_that_does_not_fit_the_device_is_a_typed_error() {
+    let model = format!("{FIXTURES}/smollm2-2layer-hf/checkpoint");
+    let dir = temp_dir("fit");
+    let rows: String = (0..8)
+        .map(|_| {
+            format!(
+                "{{\"prompt\": \"{}\", \"completion\": \" yes\"}}\n",
+                "word ".repeat(3000)
+            )
+        })
+        .collect();
+    let data = write(&dir, "long.jsonl", rows.as_bytes());
+    let out = dir.join("out");
+    let err = fails_cleanly(
+        "a batch larger than the device",
+        &[
+            "train",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .chain(&[
+            "--batch-size",
+            "4096",
+            "--max-len",
+            "8192",
+            "--max-steps",
+            "1",
+        ])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    assert!(
+        err.contains("out of memory") && err.contains("bytes"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

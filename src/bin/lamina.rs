@@ -129,6 +129,17 @@ impl SampleArgs {
     }
 }
 
+/// The labels and prompt of a classification task.
+#[derive(Args, Clone)]
+struct TaskArgs {
+    /// Comma-separated labels, scored as the continuations " LABEL".
+    #[arg(long, value_delimiter = ',', required = true)]
+    labels: Vec<String>,
+    /// The prompt, with `{text}` standing for the text.
+    #[arg(long, default_value = lamina::dataset::DEFAULT_TEXT_TEMPLATE)]
+    template: String,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Continue a prompt (raw text; add --chat to wrap it in the model's chat template).
@@ -155,6 +166,41 @@ enum Cmd {
         /// System message (default: the template's own).
         #[arg(long)]
         system: Option<String>,
+    },
+    /// Classify TEXT among labels: prints the most probable label, then each label's
+    /// probability after the prompt (normalised over the labels).
+    Classify {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        task: TaskArgs,
+        text: String,
+        /// Print one JSON object instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accuracy, per-label precision/recall/F1 and the confusion matrix on a labelled file
+    /// (JSONL `{"text", "label"}`, or CSV with a header), many examples per forward pass.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        task: TaskArgs,
+        /// JSONL/JSON/CSV with text and label fields.
+        #[arg(long)]
+        data: PathBuf,
+        /// The text and label fields, if not `text,label`.
+        #[arg(long)]
+        columns: Option<String>,
+        /// Examples per forward pass.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Longest prompt + label in tokens (longer texts lose their start).
+        #[arg(long, default_value_t = 512)]
+        max_len: usize,
+        /// Print one JSON object instead of the report.
+        #[arg(long)]
+        json: bool,
     },
     /// Print token ids of TEXT as a JSON array.
     Tokenize {
@@ -447,6 +493,61 @@ fn run(cli: Cli) -> lamina::Result<()> {
             Ok(())
         }
         Cmd::Info { model } => info(&model),
+        Cmd::Classify {
+            model,
+            task,
+            text,
+            json,
+        } => {
+            let mut engine = model.load()?;
+            let scores = engine.classify(&text, &task.labels, &task.template)?;
+            if json {
+                println!("{}", serde_json::json!({ "scores": scores }));
+                return Ok(());
+            }
+            let best = scores
+                .iter()
+                .max_by(|a, b| a.probability.total_cmp(&b.probability))
+                .map(|s| s.label.clone())
+                .unwrap_or_default();
+            println!("{best}");
+            for s in &scores {
+                println!("{}\t{:.4}", s.label, s.probability);
+            }
+            Ok(())
+        }
+        Cmd::Eval {
+            model,
+            task,
+            data,
+            columns,
+            batch,
+            max_len,
+            json,
+        } => {
+            let engine = model.load()?;
+            let cols = columns.as_ref().and_then(|c| {
+                c.split_once(',')
+                    .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+            });
+            let rows: Vec<lamina::task::Labelled> =
+                lamina::dataset::read_labelled(&data, cols.as_ref())?
+                    .into_iter()
+                    .map(|(text, label)| lamina::task::Labelled { text, label })
+                    .collect();
+            let opts = lamina::task::EvalOptions {
+                batch_examples: batch,
+                max_len,
+            };
+            let e = engine.evaluate(&rows, &task.labels, &task.template, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                return Ok(());
+            }
+            print!("{}", lamina::task::report(&e));
+            println!("accuracy={:.4} n={}", e.accuracy, e.n);
+            Ok(())
+        }
         Cmd::Train {
             model,
             data,
