@@ -296,13 +296,18 @@ impl LoraWeights {
         let r = self.config.r as usize;
         let mut tensors = Vec::new();
         let mut targets = std::collections::BTreeSet::new();
+        let mut layers = std::collections::BTreeSet::new();
         for (&(layer, m), (a, b)) in &self.tensors {
             targets.insert(m);
+            layers.insert(layer);
             tensors.push((peft_name(layer, m, false), vec![r, a.len() / r], &a[..]));
             tensors.push((peft_name(layer, m, true), vec![b.len() / r, r], &b[..]));
         }
         let bytes = safetensors_f32(&tensors)?;
         crate::fetch::write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
+        let all_from_zero = layers.iter().copied().eq(0..layers.len() as u32);
+        let layers_to_transform =
+            (!all_from_zero).then(|| layers.iter().copied().collect::<Vec<_>>());
         let config = serde_json::json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
@@ -317,7 +322,9 @@ impl LoraWeights {
             "init_lora_weights": true,
             "inference_mode": true,
             "modules_to_save": null,
-            "layers_to_transform": null,
+            // Every layer from 0 up: null, PEFT's "all"; otherwise the layers that have one.
+            "layers_to_transform": layers_to_transform,
+            "layers_pattern": layers_to_transform.as_ref().map(|_| "layers"),
             "use_dora": false,
         });
         let text =

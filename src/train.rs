@@ -61,6 +61,11 @@ pub struct LoraSettings {
     pub dropout: f32,
     /// Projections that get an adapter, in PEFT's names (`q_proj`, ..., `down_proj`).
     pub targets: Vec<String>,
+    /// Layers that get an adapter (PEFT's `layers_to_transform`); unset: every layer.
+    pub layers: Option<Vec<u32>>,
+    /// Only the last this many layers get an adapter (as mlx-lm's `num_layers`); overrides
+    /// nothing when unset.
+    pub last_layers: Option<u32>,
 }
 
 impl Default for LoraSettings {
@@ -71,6 +76,8 @@ impl Default for LoraSettings {
             use_rslora: false,
             dropout: 0.0,
             targets: MODULES.iter().map(|s| s.to_string()).collect(),
+            layers: None,
+            last_layers: None,
         }
     }
 }
@@ -99,6 +106,36 @@ impl LoraSettings {
                 "LoRA dropout {} (0 <= p < 1)",
                 self.dropout
             )));
+        }
+        Ok(mask)
+    }
+
+    /// Which of a model's `n_layer` layers get an adapter. The backward stops at the lowest
+    /// one: nothing below it has a gradient to compute.
+    pub fn layer_mask(&self, n_layer: u32) -> Result<Vec<bool>> {
+        let mut mask = vec![self.layers.is_none() && self.last_layers.is_none(); n_layer as usize];
+        if let Some(layers) = &self.layers {
+            for &l in layers {
+                let slot = mask.get_mut(l as usize).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "LoRA layer {l} does not exist (the model has {n_layer})"
+                    ))
+                })?;
+                *slot = true;
+            }
+        }
+        if let Some(n) = self.last_layers {
+            if n == 0 || n > n_layer {
+                return Err(Error::Invalid(format!(
+                    "last_layers {n} (the model has {n_layer} layers)"
+                )));
+            }
+            mask.iter_mut()
+                .skip((n_layer - n) as usize)
+                .for_each(|m| *m = true);
+        }
+        if !mask.iter().any(|&m| m) {
+            return Err(Error::Invalid("no LoRA layers".into()));
         }
         Ok(mask)
     }
@@ -155,10 +192,11 @@ impl TrainableAdapter {
     pub fn new(gpu: &Gpu, cfg: &Config, settings: &LoraSettings, seed: u64) -> Result<Self> {
         use rand::{Rng, SeedableRng};
         let mask = settings.target_mask()?;
+        let layers = settings.layer_mask(cfg.n_layer)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let r = settings.r;
         let mut tensors = BTreeMap::new();
-        for layer in 0..cfg.n_layer {
+        for layer in (0..cfg.n_layer).filter(|&l| layers[l as usize]) {
             for (m, _) in mask.iter().enumerate().filter(|(_, &on)| on) {
                 let (n_in, n_out) = module_dims(cfg, m);
                 let bound = 1.0 / (n_in as f32).sqrt();
@@ -1442,7 +1480,15 @@ impl Trainer {
             cfg.rms_eps,
             false,
         )?));
-        for l in (0..cfg.n_layer as usize).rev() {
+        // Layers below the lowest adapted one hold no parameter: the backward ends there.
+        let lowest = self
+            .adapter
+            .adapter
+            .layers
+            .iter()
+            .position(|l| l.iter().any(Option::is_some))
+            .unwrap_or(0);
+        for l in (lowest..cfg.n_layer as usize).rev() {
             if self.opts.recompute {
                 self.layer_forward(&mut ops, l, n_seq, seq, false, dropout)?;
             }

@@ -164,3 +164,84 @@ fn five_adamw_steps_follow_peft_losses() {
         assert!(((g - w) / w).abs() < 0.01, "{got:?} vs {want:?}");
     }
 }
+
+/// An adapter on the top layers only trains exactly as the same adapter with zero B below:
+/// same loss, same gradients for the layers it has; its backward stops at its lowest layer,
+/// so a step runs fewer dispatches. Saved, it names its layers for PEFT.
+#[test]
+fn adapters_on_the_top_layers_only_stop_the_backward_there() {
+    let fx = Fixture::load();
+    let model = model();
+    let (ids, labels, rows) = fx.batch();
+    let full = fx.weights();
+    let lowest = 22u32;
+    let mut top = full.clone();
+    top.tensors.retain(|&(l, _), _| l >= lowest);
+    let mut zero_below = full.clone();
+    for ((l, _), (_, b)) in zero_below.tensors.iter_mut() {
+        if *l < lowest {
+            b.iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+    let opts = TrainerOptions {
+        max_batch: rows as u32,
+        max_seq: (ids.len() / rows) as u32,
+        recompute: false,
+    };
+    let run = |w: &LoraWeights| {
+        let adapter = TrainableAdapter::from_weights(&model.gpu, &model.cfg, w).unwrap();
+        let mut tr = Trainer::new(&model, adapter, opts).unwrap();
+        let before = model.gpu.counters.snapshot().dispatches;
+        let loss = tr.accumulate(&ids, &labels, rows).unwrap();
+        let dispatches = model.gpu.counters.snapshot().dispatches - before;
+        (loss, tr.gradients().unwrap(), dispatches)
+    };
+    let (loss_top, grads_top, d_top) = run(&top);
+    let (loss_ref, grads_ref, d_ref) = run(&zero_below);
+    assert!(((loss_top.sum - loss_ref.sum) / loss_ref.sum).abs() < 1e-6);
+    assert_eq!(grads_top.len(), 7 * (30 - lowest as usize));
+    for (key, (ga, gb)) in &grads_top {
+        let (ra, rb) = &grads_ref[key];
+        assert!(
+            rel_l2(ga, ra) < 1e-5 && rel_l2(gb, rb) < 1e-5,
+            "layer {} {}",
+            key.0,
+            MODULES[key.1]
+        );
+    }
+    eprintln!("dispatches per micro-batch: top 8 layers {d_top}, all 30 layers {d_ref}");
+    assert!(d_top * 10 < d_ref * 8, "{d_top} vs {d_ref}");
+
+    let dir = std::env::temp_dir().join(format!("lamina-top-layers-{}", std::process::id()));
+    top.save(&dir, 0.0, None).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        cfg["layers_to_transform"],
+        serde_json::json!((22..30).collect::<Vec<u32>>())
+    );
+    let back = LoraWeights::load(&dir).unwrap();
+    assert_eq!(back.tensors.len(), top.tensors.len());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The settings pick the same layers by number or by count from the top.
+    let by_count = lamina::train::LoraSettings {
+        last_layers: Some(8),
+        ..Default::default()
+    };
+    let by_number = lamina::train::LoraSettings {
+        layers: Some((22..30).collect()),
+        ..Default::default()
+    };
+    assert_eq!(
+        by_count.layer_mask(30).unwrap(),
+        by_number.layer_mask(30).unwrap()
+    );
+    assert!(lamina::train::LoraSettings {
+        layers: Some(vec![30]),
+        ..Default::default()
+    }
+    .layer_mask(30)
+    .is_err());
+}
