@@ -13,13 +13,13 @@
 //! in the PEFT layout for `lamina generate --adapter DIR`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use lamina::dataset::{Dataset, DatasetOptions, Format};
 use lamina::engine::{Engine, EngineOptions};
 use lamina::finetune::{RunOptions, Schedule, TrainConfig, TrainEvent};
 use lamina::model::ModelOptions;
+use lamina::task::{EvalOptions, Evaluation, Labelled};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/reviews.jsonl");
 const TEMPLATE: &str = "Review: {text}\nSentiment:";
@@ -63,27 +63,29 @@ fn parse_args() -> Args {
     a
 }
 
-/// Share of `rows` where the label's word gets the higher logit after the prompt.
-fn accuracy(
-    engine: &mut Engine,
-    rows: &[(String, bool)],
-    pos: u32,
-    neg: u32,
-) -> lamina::Result<f64> {
-    let vocab = engine.model().cfg.vocab as u64;
-    let mut right = 0;
-    for (text, great) in rows {
-        let prompt = TEMPLATE.replace("{text}", text);
-        let ids = engine.tokenizer().encode(&prompt, true)?;
-        engine.model_mut().truncate(0);
-        engine.model_mut().forward_last(&ids, None)?;
-        let logits = engine
-            .gpu()
-            .read_f32(engine.model().logits_buffer(), 0, vocab)?;
-        let says_great = logits[pos as usize] > logits[neg as usize];
-        right += (says_great == *great) as usize;
+/// Held-out accuracy, per-label figures and the confusion matrix: does " positive" or
+/// " negative" score higher after the prompt (many reviews per forward pass).
+fn evaluate(engine: &Engine, rows: &[(String, bool)]) -> lamina::Result<Evaluation> {
+    let data: Vec<Labelled> = rows
+        .iter()
+        .map(|(text, great)| Labelled {
+            text: text.clone(),
+            label: label(*great).trim().to_string(),
+        })
+        .collect();
+    let labels = vec![
+        label(true).trim().to_string(),
+        label(false).trim().to_string(),
+    ];
+    engine.evaluate(&data, &labels, TEMPLATE, &EvalOptions::default())
+}
+
+fn label(great: bool) -> &'static str {
+    if great {
+        " positive"
+    } else {
+        " negative"
     }
-    Ok(right as f64 / rows.len().max(1) as f64)
 }
 
 fn main() -> lamina::Result<()> {
@@ -124,23 +126,8 @@ fn main() -> lamina::Result<()> {
     let (train_rows, rest) = rows.split_at(args.train.min(rows.len()));
     let test_rows = &rest[..args.test.min(rest.len())];
 
-    let label = |great: bool| if great { " positive" } else { " negative" };
-    let first_token = |engine: &Engine, s: &str| -> lamina::Result<u32> {
-        Ok(engine.tokenizer().encode(s, false)?[0])
-    };
-    let (pos, neg) = (
-        first_token(&engine, label(true))?,
-        first_token(&engine, label(false))?,
-    );
-
-    let start = Instant::now();
-    let before = accuracy(&mut engine, test_rows, pos, neg)?;
-    eprintln!(
-        "base model: accuracy {:.1}% on {} held-out reviews ({:.1} s)",
-        100.0 * before,
-        test_rows.len(),
-        start.elapsed().as_secs_f64()
-    );
+    let before = evaluate(&engine, test_rows)?;
+    eprint!("base model, zero-shot:\n{}", lamina::task::report(&before));
 
     // The training rows as a prompt/completion file, through the dataset loader.
     std::fs::create_dir_all(&args.out).map_err(|e| lamina::Error::File {
@@ -195,18 +182,22 @@ fn main() -> lamina::Result<()> {
         }
     })?;
     let train_secs = train_start.elapsed().as_secs_f64();
-    engine.apply_adapters(vec![(Arc::clone(&result.adapter), 1.0)])?;
-    let after = accuracy(&mut engine, test_rows, pos, neg)?;
-    result.weights.save(&args.out, cfg.lora.dropout, None)?;
+    engine.apply_lora(vec![(result.weights.clone(), 1.0)])?;
+    let after = evaluate(&engine, test_rows)?;
+    eprint!("with the adapter:\n{}", lamina::task::report(&after));
+    result
+        .weights
+        .save(&args.out, cfg.lora.dropout, Some(engine.model_name()))?;
 
     let last = last.expect("at least one step");
     println!(
-        "accuracy on {} held-out reviews: {:.1}% before, {:.1}% after {} steps on {} reviews",
+        "accuracy on {} held-out reviews: {:.1}% before, {:.1}% after {} steps on {} reviews (majority baseline {:.1}%)",
         test_rows.len(),
-        100.0 * before,
-        100.0 * after,
+        100.0 * before.accuracy,
+        100.0 * after.accuracy,
         result.steps,
-        train_rows.len()
+        train_rows.len(),
+        100.0 * after.majority_baseline
     );
     println!(
         "training: {:.1} s, {:.1} tokens/s, peak GPU memory {:.0} MiB (weights {:.0} MiB)",

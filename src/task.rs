@@ -359,15 +359,20 @@ pub fn report(e: &Evaluation) -> String {
             l.label, l.precision, l.recall, l.f1, l.support
         );
     }
-    let _ = write!(out, "confusion (true \\ predicted) {:w$}", "");
+    let _ = writeln!(
+        out,
+        "confusion matrix (rows: true label, columns: predicted)"
+    );
+    let cw = w.max(6);
+    let _ = write!(out, "{:w$}", "");
     for l in &e.labels {
-        let _ = write!(out, " {:>8}", l.label);
+        let _ = write!(out, "  {:>cw$}", l.label);
     }
     let _ = writeln!(out);
     for (l, row) in e.labels.iter().zip(&e.confusion) {
-        let _ = write!(out, "{:>30}{:w$}", "", l.label);
+        let _ = write!(out, "{:w$}", l.label);
         for c in row {
-            let _ = write!(out, " {c:>8}");
+            let _ = write!(out, "  {c:>cw$}");
         }
         let _ = writeln!(out);
     }

@@ -356,6 +356,22 @@ impl TrainableAdapter {
         }
         weights.check_fits(cfg)?;
         let tensors = self.tensors(cfg);
+        let mine: std::collections::BTreeSet<(u32, usize)> =
+            tensors.iter().map(|t| (t.layer, t.module)).collect();
+        let theirs: std::collections::BTreeSet<(u32, usize)> =
+            weights.tensors.keys().copied().collect();
+        if mine != theirs {
+            let span = |s: &std::collections::BTreeSet<(u32, usize)>| {
+                let (lo, hi) = (s.first().map_or(0, |k| k.0), s.last().map_or(0, |k| k.0));
+                format!("{} modules on layers {lo}..={hi}", s.len())
+            };
+            return Err(Error::Invalid(format!(
+                "the checkpoint's adapter has {}, this run's {}: it was made for another model \
+                 or other LoRA settings",
+                span(&theirs),
+                span(&mine)
+            )));
+        }
         if moments.len() != 2 * tensors.len() {
             return Err(Error::Invalid(format!(
                 "optimizer state has {} tensors, the adapter needs {}",

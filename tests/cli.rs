@@ -153,6 +153,9 @@ fn train_then_generate_with_the_adapter() {
         serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
             .unwrap();
     assert_eq!(config["r"], 4);
+    // The base model is named, not located: no folder of the user's leaks into the adapter.
+    let base = config["base_model_name_or_path"].as_str().unwrap();
+    assert!(!base.contains('/') && !base.is_empty(), "{base}");
     let gen = lamina(&[
         "generate",
         "--model",

@@ -612,3 +612,51 @@ fn a_batch_that_does_not_fit_the_device_is_a_typed_error() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn resuming_a_checkpoint_of_another_model_is_an_error() {
+    // Same data and config, another model shape: the config check passes, the shapes do not.
+    let small = format!("{FIXTURES}/smollm2-2layer-hf/checkpoint");
+    let dir = temp_dir("resume-other");
+    let data = write(
+        &dir,
+        "d.jsonl",
+        b"{\"prompt\": \"a b c\", \"completion\": \" d\"}\n{\"prompt\": \"e f\", \"completion\": \" g\"}\n",
+    );
+    let cfg = write(
+        &dir,
+        "t.toml",
+        b"max_steps = 1\nbatch_size = 1\nvalidation_fraction = 0.0\n[lora]\nr = 4\n",
+    );
+    let out = dir.join("out");
+    let o = out.to_str().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args([
+            "train", "--model", &small, "--data", &data, "--config", &cfg, "--out", o,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let big = lamina::fetch::default_model().unwrap();
+    let err = fails_cleanly(
+        "resume with another model",
+        &[
+            "train",
+            "--model",
+            big.to_str().unwrap(),
+            "--data",
+            &data,
+            "--config",
+            &cfg,
+            "--out",
+            o,
+            "--resume",
+        ],
+    );
+    assert!(err.contains("another model"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
