@@ -737,7 +737,11 @@ pub fn render_chat_template(
         bos_token => bos_token,
         eos_token => eos_token,
     };
-    tmpl.render(ctx)
+    // Templates come from model files, so they are untrusted input to a third-party engine:
+    // fuzzing found minijinja overflowing on `N * messages` with a huge N. A panic in there
+    // becomes a template error instead of taking the app down.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tmpl.render(ctx)))
+        .map_err(|_| Error::Template("the template failed inside the template engine".into()))?
         .map_err(|e| Error::Template(template_error(&e)))
 }
 

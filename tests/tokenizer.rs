@@ -690,3 +690,33 @@ fn missing_or_ill_typed_keys() {
     let (_, msg) = err_text(&meta);
     assert!(msg.contains("tokenizer.ggml.merges"), "{msg}");
 }
+
+/// Found by the chat_template fuzz target: minijinja overflowed on `N * messages` with a huge N
+/// (a panic where overflow checks are on). It must end as a template error or text, never a
+/// panic, whatever the build.
+#[test]
+fn a_template_repeating_messages_a_huge_number_of_times_is_an_error() {
+    let crash = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/crashes/chat_template/minijinja-repeat-overflow"
+    ))
+    .unwrap();
+    // The fuzz input: a mode byte, then the template up to the byte 0xFF.
+    let body = &crash[1..];
+    let end = body.iter().position(|&b| b == 0xFF).unwrap_or(body.len());
+    let template = String::from_utf8_lossy(&body[..end]).into_owned();
+    let messages = [
+        lamina::tokenizer::ChatMessage::new("system", "Be brief."),
+        lamina::tokenizer::ChatMessage::new("user", "x"),
+    ];
+    for t in [
+        template.as_str(),
+        "{% for m in 1126706813402099066 * messages %}{{ m.content }}{% endfor %}",
+    ] {
+        let r =
+            lamina::tokenizer::render_chat_template(t, &messages, true, Some("<s>"), Some("</s>"));
+        if let Ok(text) = r {
+            assert!(text.len() < 1 << 30);
+        }
+    }
+}
