@@ -22,6 +22,14 @@ fn nibbles_hi(w: u32) -> vec4<f32> {
     return vec4<f32>(vec4<u32>(w >> 4u, w >> 12u, w >> 20u, w >> 28u) & vec4<u32>(0xFu));
 }
 
+// The low (hi = false) or high nibbles of w's four bytes, without a branch: a branch on a
+// value the compiler cannot prove uniform runs both sides on SIMD devices, and keeps the
+// callers' loops from unrolling.
+fn nibbles(w: u32, hi: bool) -> vec4<f32> {
+    let s = select(vec4<u32>(0u, 8u, 16u, 24u), vec4<u32>(4u, 12u, 20u, 28u), hi);
+    return vec4<f32>((vec4<u32>(w) >> s) & vec4<u32>(0xFu));
+}
+
 fn bytes_i8(w: u32) -> vec4<f32> {
     let s = bitcast<vec4<i32>>(vec4<u32>(w << 24u, w << 16u, w << 8u, w)) >> vec4<u32>(24u);
     return vec4<f32>(s);
@@ -64,19 +72,11 @@ fn dq4(b: u32, sub: u32, i: u32) -> vec4<f32> {
         }
         case 2u: { // Q4_0: d | 4 words of nibbles (low = elements 0..15, high = 16..31)
             let d = unpack2x16float(W[b]).x;
-            let w = W[b + 1u + (i & 3u)];
-            if (i < 4u) {
-                return (nibbles_lo(w) - 8.0) * d;
-            }
-            return (nibbles_hi(w) - 8.0) * d;
+            return (nibbles(W[b + 1u + (i & 3u)], i >= 4u) - 8.0) * d;
         }
         case 3u: { // Q4_1: d, m | nibbles
             let dm = unpack2x16float(W[b]);
-            let w = W[b + 1u + (i & 3u)];
-            if (i < 4u) {
-                return nibbles_lo(w) * dm.x + dm.y;
-            }
-            return nibbles_hi(w) * dm.x + dm.y;
+            return nibbles(W[b + 1u + (i & 3u)], i >= 4u) * dm.x + dm.y;
         }
         case 6u: { // Q5_0: d | qh (bit j = 5th bit of element j) | nibbles
             let d = unpack2x16float(W[b]).x;
@@ -84,10 +84,7 @@ fn dq4(b: u32, sub: u32, i: u32) -> vec4<f32> {
             let w = W[b + 2u + (i & 3u)];
             let sh = vec4<u32>(0u, 1u, 2u, 3u) + 4u * i;
             let h = vec4<f32>(((vec4<u32>(qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
-            if (i < 4u) {
-                return (nibbles_lo(w) + h - 16.0) * d;
-            }
-            return (nibbles_hi(w) + h - 16.0) * d;
+            return (nibbles(w, i >= 4u) + h - 16.0) * d;
         }
         case 8u: { // Q8_0: d | 8 words of int8
             return bytes_i8(W[b + 1u + i]) * unpack2x16float(W[b]).x;
@@ -96,11 +93,7 @@ fn dq4(b: u32, sub: u32, i: u32) -> vec4<f32> {
             let dm = unpack2x16float(W[b]);
             let sm = k4_scale_min(b, sub);
             let w = W[b + 4u + 8u * (sub / 2u) + i];
-            var n = nibbles_lo(w);
-            if ((sub & 1u) == 1u) {
-                n = nibbles_hi(w);
-            }
-            return n * (dm.x * sm.x) - dm.y * sm.y;
+            return nibbles(w, (sub & 1u) == 1u) * (dm.x * sm.x) - dm.y * sm.y;
         }
         case 14u: { // Q6_K: d | ql (32 words) | qh (16 words) | int8 scales (4 words)
             let d = unpack2x16float(W[b]).x;
@@ -111,10 +104,7 @@ fn dq4(b: u32, sub: u32, i: u32) -> vec4<f32> {
             let shift = 24u - 16u * (k & 1u) - 8u * (i / 4u);
             let s = f32(bitcast<i32>(sw << shift) >> 24u);
             let lw = W[b + 1u + 16u * h + 8u * (k & 1u) + i];
-            var lo = nibbles_lo(lw);
-            if (k >= 2u) {
-                lo = nibbles_hi(lw);
-            }
+            let lo = nibbles(lw, k >= 2u);
             let hw = W[b + 33u + 8u * h + i] >> (2u * k);
             let hb = vec4<f32>(vec4<u32>(hw, hw >> 8u, hw >> 16u, hw >> 24u) & vec4<u32>(3u));
             return (lo + hb * 16.0 - 32.0) * (d * s);

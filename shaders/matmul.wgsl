@@ -16,6 +16,11 @@ override RB: u32 = 1u;         // rows per invocation (per subgroup); TB * RB <=
 override SWIGLU_INPUT: bool = false;
 override ACCUMULATE: bool = false;
 override HAS_BIAS: bool = false;
+// CPU-class devices (llvmpipe): each invocation owns RB rows, and the 8 lanes of a subgroup
+// load one 32-value chunk of X together (one vec4 each) and broadcast it, instead of every
+// lane loading all of it. Loads whose address the compiler cannot prove uniform cost one
+// scalar load per lane and component there, so this cuts X loads eightfold.
+override XBCAST: bool = false;
 const MAX_TB: u32 = 8u;
 const MAX_ACC: u32 = 32u;      // at least TB * RB
 
@@ -93,6 +98,98 @@ fn store(n0: u32, t0: u32, acc: array<f32, MAX_ACC>) {
 }
 
 #if SUBGROUPS
+// The XBCAST path is written out without loops over the chunk's 8 vec4s, tokens or rows:
+// llvmpipe does not unroll loops this large, and a loop keeps arrays in slow scratch memory.
+
+// The 32 values of chunk `sub` of the block at word b.
+fn dq_chunk(b: u32, sub: u32) -> array<vec4<f32>, 8> {
+    return array<vec4<f32>, 8>(dq4(b, sub, 0u), dq4(b, sub, 1u), dq4(b, sub, 2u), dq4(b, sub, 3u),
+        dq4(b, sub, 4u), dq4(b, sub, 5u), dq4(b, sub, 6u), dq4(b, sub, 7u));
+}
+
+// w . x for a chunk whose X is spread over the subgroup: lane i holds x's vec4 i.
+fn dot_bcast(xl: vec4<f32>, w: array<vec4<f32>, 8>) -> f32 {
+    return dot(w[0], subgroupBroadcast(xl, 0u)) + dot(w[1], subgroupBroadcast(xl, 1u))
+        + dot(w[2], subgroupBroadcast(xl, 2u)) + dot(w[3], subgroupBroadcast(xl, 3u))
+        + dot(w[4], subgroupBroadcast(xl, 4u)) + dot(w[5], subgroupBroadcast(xl, 5u))
+        + dot(w[6], subgroupBroadcast(xl, 6u)) + dot(w[7], subgroupBroadcast(xl, 7u));
+}
+
+// Four tokens' dot products with one chunk.
+fn dot_bcast4(x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>,
+    w: array<vec4<f32>, 8>) -> vec4<f32> {
+    return vec4<f32>(dot_bcast(x0, w), dot_bcast(x1, w), dot_bcast(x2, w), dot_bcast(x3, w));
+}
+
+// XBCAST: the invocation owns rows n0 (and n0 + 1 if RB = 2) for tokens t0 .. t0 + TB (TB is
+// 1, 4 or 8). Every lane of the subgroup walks the same chunks (rows are clamped, not
+// skipped), and lane l8 loads vec4 l8 of each chunk of X.
+fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
+    let chunks = p.k / 32u;
+    let row_words = (chunks / SUBS) * BLOCK_WORDS;
+    let last = p.t - 1u;
+    let ra = min(n0, p.n - 1u) * row_words;
+    let rb = min(n0 + 1u, p.n - 1u) * row_words;
+    var a0 = vec4<f32>(0.0); // row n0, tokens 0..4
+    var a1 = vec4<f32>(0.0); // row n0, tokens 4..8
+    var b0 = vec4<f32>(0.0); // row n0 + 1
+    var b1 = vec4<f32>(0.0);
+    for (var c = 0u; c < chunks; c++) {
+        let blk = (c / SUBS) * BLOCK_WORDS;
+        let sub = c % SUBS;
+        let k4 = c * 8u + l8;
+        let x0 = load_x(t0, k4);
+        var x1 = vec4<f32>(0.0);
+        var x2 = vec4<f32>(0.0);
+        var x3 = vec4<f32>(0.0);
+        var x4 = vec4<f32>(0.0);
+        var x5 = vec4<f32>(0.0);
+        var x6 = vec4<f32>(0.0);
+        var x7 = vec4<f32>(0.0);
+        if (TB > 1u) {
+            x1 = load_x(min(t0 + 1u, last), k4);
+            x2 = load_x(min(t0 + 2u, last), k4);
+            x3 = load_x(min(t0 + 3u, last), k4);
+        }
+        if (TB > 4u) {
+            x4 = load_x(min(t0 + 4u, last), k4);
+            x5 = load_x(min(t0 + 5u, last), k4);
+            x6 = load_x(min(t0 + 6u, last), k4);
+            x7 = load_x(min(t0 + 7u, last), k4);
+        }
+        let w = dq_chunk(ra + blk, sub);
+        if (TB == 1u) {
+            a0.x += dot_bcast(x0, w);
+        } else {
+            a0 += dot_bcast4(x0, x1, x2, x3, w);
+        }
+        if (TB > 4u) {
+            a1 += dot_bcast4(x4, x5, x6, x7, w);
+        }
+        if (RB > 1u) {
+            let v = dq_chunk(rb + blk, sub);
+            if (TB == 1u) {
+                b0.x += dot_bcast(x0, v);
+            } else {
+                b0 += dot_bcast4(x0, x1, x2, x3, v);
+            }
+            if (TB > 4u) {
+                b1 += dot_bcast4(x4, x5, x6, x7, v);
+            }
+        }
+    }
+    var acc: array<f32, MAX_ACC>;
+    let rows = array<vec4<f32>, 4>(a0, a1, b0, b1);
+    for (var r = 0u; r < RB; r++) {
+        for (var tb = 0u; tb < TB; tb++) {
+            acc[r * TB + tb] = rows[r * 2u + tb / 4u][tb % 4u];
+        }
+    }
+    if (n0 < p.n) {
+        store(n0, t0, acc);
+    }
+}
+
 @compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -100,13 +197,18 @@ fn main(
     @builtin(subgroup_id) sg_id: u32,
     @builtin(subgroup_size) sg_size: u32,
     @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(global_invocation_id) gid: vec3<u32>,
 ) {
+    let t0 = wid.z * TB;
+    if (XBCAST) {
+        matmul_bcast((gid.x + gid.y * nwg.x * 64u) * RB, t0, lane % 8u);
+        return;
+    }
+    let chunks = p.k / 32u;
+    var acc: array<f32, MAX_ACC>;
     // Each subgroup owns RB rows; its lanes split the chunks and add up with subgroupAdd.
     let groups_per_wg = 64u / sg_size;
     let n0 = ((wid.x + wid.y * nwg.x) * groups_per_wg + sg_id) * RB;
-    let t0 = wid.z * TB;
-    let chunks = p.k / 32u;
-    var acc: array<f32, MAX_ACC>;
     for (var c = lane; c < chunks; c += sg_size) {
         chunk_dot(n0, c, t0, &acc);
     }

@@ -94,6 +94,8 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Set from any thread to stop after the current token.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Keep going through end-of-sequence tokens (for benchmarks, as llama.cpp's --ignore-eos).
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +265,7 @@ impl Generator {
         let mut filter = StopFilter::new(&params.stop);
         let mut stop_reason;
         loop {
-            if tokenizer.eos_ids().contains(&next) {
+            if !params.ignore_eos && tokenizer.eos_ids().contains(&next) {
                 stop_reason = StopReason::Eos;
                 break;
             }

@@ -31,6 +31,9 @@ pub enum GpuError {
 pub struct GpuOptions {
     pub allow_f16: bool,
     pub allow_subgroups: bool,
+    /// Use the kernel variants shaped for CPU devices (llvmpipe) where the device is one.
+    /// Off runs the GPU-class variants there too (tests do, so both stay checked).
+    pub allow_cpu_kernels: bool,
 }
 
 impl Default for GpuOptions {
@@ -38,6 +41,7 @@ impl Default for GpuOptions {
         GpuOptions {
             allow_f16: std::env::var("LAMINA_NO_F16").is_err(),
             allow_subgroups: std::env::var("LAMINA_NO_SUBGROUPS").is_err(),
+            allow_cpu_kernels: std::env::var("LAMINA_GPU_KERNELS").is_err(),
         }
     }
 }
@@ -50,6 +54,9 @@ pub struct Counters {
     pub bytes_read_back: AtomicU64,
     pub bytes_in_use: AtomicU64,
     pub peak_bytes: AtomicU64,
+    /// Seconds and launches per kernel, filled where `LAMINA_PROFILE` is set (each dispatch
+    /// then runs alone and is waited for, so the sum is slower than a real run).
+    pub profile: Mutex<std::collections::BTreeMap<&'static str, (f64, u64)>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -62,6 +69,35 @@ pub struct CounterSnapshot {
 }
 
 impl Counters {
+    /// Whether kernels are timed one by one (`LAMINA_PROFILE=1`).
+    pub fn profiling() -> bool {
+        std::env::var_os("LAMINA_PROFILE").is_some()
+    }
+
+    pub fn record_kernel(&self, kernel: &'static str, secs: f64) {
+        let mut p = lock(&self.profile);
+        let e = p.entry(kernel).or_default();
+        e.0 += secs;
+        e.1 += 1;
+    }
+
+    /// The profile so far, slowest kernel first, as printable lines; and clears it.
+    pub fn take_profile(&self) -> Vec<String> {
+        let p = std::mem::take(&mut *lock(&self.profile));
+        let total: f64 = p.values().map(|v| v.0).sum();
+        let mut rows: Vec<_> = p.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        rows.into_iter()
+            .map(|(name, (secs, n))| {
+                format!(
+                    "{name:>20}: {secs:8.3} s in {n:6} launches ({:5.1}%, {:.3} ms each)",
+                    100.0 * secs / total.max(1e-12),
+                    1e3 * secs / n.max(1) as f64
+                )
+            })
+            .collect()
+    }
+
     pub fn snapshot(&self) -> CounterSnapshot {
         CounterSnapshot {
             dispatches: self.dispatches.load(Ordering::Relaxed),
@@ -118,6 +154,9 @@ pub struct Gpu {
     pub f16: bool,
     /// Subgroup operations are on and allowed.
     pub subgroups: bool,
+    /// The device is a CPU (llvmpipe) with subgroups of at least 8 lanes, and CPU-class
+    /// kernels are allowed: matmuls spread each X chunk over the subgroup (matmul.wgsl).
+    pub cpu_kernels: bool,
     pub timestamps: bool,
     pub counters: Arc<Counters>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
@@ -198,6 +237,10 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
             mapped_at_creation: false,
         });
+        let cpu_kernels = opts.allow_cpu_kernels
+            && subgroups
+            && info.subgroup_min_size >= 8
+            && info.device_type == wgpu::DeviceType::Cpu;
         Ok(Arc::new(Gpu {
             dummy,
             device,
@@ -206,6 +249,7 @@ impl Gpu {
             limits,
             f16,
             subgroups,
+            cpu_kernels,
             timestamps,
             counters: Arc::new(Counters::default()),
             pipelines: Mutex::new(HashMap::new()),

@@ -6,6 +6,7 @@
 //! the GPU) -> [`adapter`] in the PEFT layout.
 
 pub mod adapter;
+pub mod bench;
 pub mod dataset;
 pub mod engine;
 pub mod error;

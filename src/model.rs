@@ -858,8 +858,18 @@ impl Llama {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for d in &self.plans[&key] {
-                d.encode(&gpu, &mut pass);
+            if crate::gpu::Counters::profiling() {
+                drop(pass);
+                for d in &self.plans[&key] {
+                    let start = std::time::Instant::now();
+                    kernels::run(&gpu, std::slice::from_ref(d))?;
+                    gpu.counters
+                        .record_kernel(d.kernel, start.elapsed().as_secs_f64());
+                }
+            } else {
+                for d in &self.plans[&key] {
+                    d.encode(&gpu, &mut pass);
+                }
             }
         }
         if let Some(extra) = extra {

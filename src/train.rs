@@ -442,10 +442,9 @@ fn mix_seed(base: u64, salt: u32) -> u32 {
     (z ^ (z >> 31)) as u32
 }
 
-/// Runs `ops` one at a time, waiting after each, and prints the time spent per kernel
-/// (`LAMINA_PROFILE=1`, in place of the one-submit replay).
+/// Runs `ops` one at a time, waiting after each, and records the time spent per kernel in
+/// the device's profile (`LAMINA_PROFILE=1`, in place of the one-submit replay).
 fn profile(gpu: &Gpu, ops: &[Op]) -> Result<()> {
-    let mut per_kernel: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
     for op in ops {
         let name = match op {
             Op::Run(d) => d.kernel,
@@ -457,18 +456,8 @@ fn profile(gpu: &Gpu, ops: &[Op]) -> Result<()> {
         encode(gpu, &mut enc, std::slice::from_ref(op));
         gpu.submit(enc);
         gpu.wait()?;
-        let e = per_kernel.entry(name).or_default();
-        e.0 += start.elapsed().as_secs_f64();
-        e.1 += 1;
-    }
-    let total: f64 = per_kernel.values().map(|v| v.0).sum();
-    let mut rows: Vec<_> = per_kernel.into_iter().collect();
-    rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
-    for (name, (secs, n)) in rows {
-        eprintln!(
-            "{name:>20}: {secs:8.3} s in {n:5} ops ({:.1}%)",
-            100.0 * secs / total
-        );
+        gpu.counters
+            .record_kernel(name, start.elapsed().as_secs_f64());
     }
     Ok(())
 }
@@ -917,7 +906,7 @@ impl Trainer {
             }
         }
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        if std::env::var_os("LAMINA_PROFILE").is_some() {
+        if crate::gpu::Counters::profiling() {
             // Runs every op once, on its own, timed; the loss is then read as usual.
             profile(&gpu, &plan.ops)?;
         } else {

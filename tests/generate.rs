@@ -120,6 +120,7 @@ fn sampling_is_reproducible_and_honours_stops_cancel_and_the_cache() {
                 sampling: SamplingParams::greedy(),
                 stop: vec![".".into()],
                 cancel: None,
+                ignore_eos: false,
             },
             &mut |t| {
                 streamed.push_str(t);
@@ -148,6 +149,7 @@ fn sampling_is_reproducible_and_honours_stops_cancel_and_the_cache() {
                 sampling: SamplingParams::greedy(),
                 stop: vec![],
                 cancel: Some(flag),
+                ignore_eos: false,
             },
             &mut |_| true,
         )

@@ -8,19 +8,30 @@ use lamina::kernels::{self, reference, AttnShape, MatmulShape, QMatrix, Step};
 use lamina::quant::{self, GgmlType};
 use rand::{Rng, SeedableRng};
 
+/// Every kernel path the device can take: all features with the device-class variants (on
+/// llvmpipe the CPU-class ones), all features with the GPU-class variants, and neither f16
+/// nor subgroups.
 fn gpus() -> Vec<Arc<Gpu>> {
     let full = Gpu::new(GpuOptions {
         allow_f16: true,
         allow_subgroups: true,
+        allow_cpu_kernels: true,
     })
     .expect("a GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+    let gpu_class = Gpu::new(GpuOptions {
+        allow_f16: true,
+        allow_subgroups: true,
+        allow_cpu_kernels: false,
+    })
+    .unwrap();
     let plain = Gpu::new(GpuOptions {
         allow_f16: false,
         allow_subgroups: false,
+        allow_cpu_kernels: false,
     })
     .unwrap();
-    assert!(!plain.subgroups && !plain.f16);
-    vec![full, plain]
+    assert!(!plain.subgroups && !plain.f16 && !gpu_class.cpu_kernels);
+    vec![full, gpu_class, plain]
 }
 
 fn rng() -> rand::rngs::StdRng {
@@ -98,8 +109,9 @@ fn matmul_matches_reference_for_every_type_and_token_count() {
                 let e = max_rel_err(&got, &want);
                 assert!(
                     e < 1e-5,
-                    "{ty:?} n={n} t={t} subgroups={}: rel err {e}",
-                    gpu.subgroups
+                    "{ty:?} n={n} t={t} subgroups={} cpu_kernels={}: rel err {e}",
+                    gpu.subgroups,
+                    gpu.cpu_kernels
                 );
             }
         }

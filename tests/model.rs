@@ -87,6 +87,7 @@ fn logits_match_transformers_with_all_features_and_an_f16_kv_cache() {
     let on = GpuOptions {
         allow_f16: true,
         allow_subgroups: true,
+        allow_cpu_kernels: true,
     };
     let mut m = load(on, 128, true);
     assert!(
@@ -103,6 +104,7 @@ fn logits_match_transformers_without_f16_or_subgroups_and_in_small_batches() {
     let off = GpuOptions {
         allow_f16: false,
         allow_subgroups: false,
+        allow_cpu_kernels: false,
     };
     let mut m = load(off, 5, true);
     assert!(!m.opts.kv_f16);

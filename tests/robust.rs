@@ -32,6 +32,7 @@ fn greedy(max_tokens: usize, stop: &[&str]) -> GenerateParams {
         sampling: SamplingParams::greedy(),
         stop: stop.iter().map(|s| s.to_string()).collect(),
         cancel: None,
+        ignore_eos: false,
     }
 }
 

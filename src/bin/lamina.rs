@@ -65,6 +65,7 @@ impl ModelArgs {
                 gpu: GpuOptions {
                     allow_f16: !self.no_f16,
                     allow_subgroups: !self.no_subgroups,
+                    ..GpuOptions::default()
                 },
                 model: ModelOptions {
                     context: self.context,
@@ -125,6 +126,7 @@ impl SampleArgs {
             },
             stop: self.stop.clone(),
             cancel: Some(interrupt_flag()),
+            ignore_eos: false,
         }
     }
 }
@@ -220,6 +222,27 @@ enum Cmd {
         prompt: String,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Prefill, decode and LoRA training speed on this device, with dispatches, submits and
+    /// bytes read back per decoded token and peak GPU memory (like llama.cpp's llama-bench).
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt tokens for the prefill measurement.
+        #[arg(short = 'p', long = "prompt-tokens", default_value_t = 128)]
+        prompt_tokens: usize,
+        /// Tokens to decode, timed without the prefill.
+        #[arg(short = 'n', long = "decode-tokens", default_value_t = 64)]
+        decode_tokens: usize,
+        /// Training shape BATCHxTOKENS (LoRA r 8 on all seven projections), or "none".
+        #[arg(long, default_value = "4x128")]
+        train: String,
+        /// Timed repetitions of each measurement (after one warm-up); the best is reported.
+        #[arg(short = 'r', long, default_value_t = 2)]
+        repetitions: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Architecture, tensor types and sizes, device and features.
     Info {
@@ -531,6 +554,36 @@ fn run(cli: Cli) -> lamina::Result<()> {
             Ok(())
         }
         Cmd::Info { model } => info(&model),
+        Cmd::Bench {
+            model,
+            prompt_tokens,
+            decode_tokens,
+            train,
+            repetitions,
+            json,
+        } => {
+            let train = match train.as_str() {
+                "none" | "0" | "" => None,
+                shape => Some(parse_shape(shape)?),
+            };
+            let mut engine = model.load()?;
+            let opts = lamina::bench::BenchOptions {
+                prompt_tokens,
+                decode_tokens,
+                train,
+                repetitions,
+            };
+            let r = lamina::bench::run(&mut engine, &opts)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).expect("a report serializes")
+                );
+            } else {
+                print_bench(&r);
+            }
+            Ok(())
+        }
         Cmd::Classify {
             model,
             task,
@@ -700,10 +753,64 @@ fn info(model: &ModelArgs) -> lamina::Result<()> {
     print_device(model)
 }
 
+/// "4x128" -> (4, 128).
+fn parse_shape(s: &str) -> lamina::Result<(usize, usize)> {
+    let bad = || {
+        lamina::Error::Invalid(format!(
+            "--train {s}: expected BATCHxTOKENS, e.g. 4x128, or none"
+        ))
+    };
+    let (b, t) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (b, t): (usize, usize) = (
+        b.trim().parse().map_err(|_| bad())?,
+        t.trim().parse().map_err(|_| bad())?,
+    );
+    if b == 0 || t < 2 {
+        return Err(bad());
+    }
+    Ok((b, t))
+}
+
+fn print_bench(r: &lamina::bench::BenchReport) {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!("model:   {}", r.model);
+    println!("device:  {} ({}, {})", r.device, r.backend, r.driver);
+    println!(
+        "prefill: {:8.1} tok/s  ({} tokens)",
+        r.prefill_tok_s, r.prefill_tokens
+    );
+    println!(
+        "decode:  {:8.1} tok/s  ({} tokens, without the prefill)",
+        r.decode_tok_s, r.decode_tokens
+    );
+    for (name, t) in [
+        ("train", &r.train),
+        ("train (recompute)", &r.train_recompute),
+    ] {
+        if let Some(t) = t {
+            println!(
+                "{name}: {:8.1} tok/s  ({}, LoRA r 8, 7 targets: {:.1} s/step, peak GPU {:.0} MiB, {} dispatches and {} submits per step)",
+                t.tok_s,
+                r.train_shape.as_deref().unwrap_or(""),
+                t.secs_per_step,
+                mib(t.peak_gpu_bytes),
+                t.dispatches_per_step,
+                t.submits_per_step
+            );
+        }
+    }
+    println!("peak GPU: {:.0} MiB", mib(r.peak_gpu_bytes));
+    println!(
+        "per decoded token: {:.1} dispatches, {:.2} submits, {:.0} bytes read back",
+        r.dispatches_per_token, r.submits_per_token, r.readback_bytes_per_token
+    );
+}
+
 fn print_device(model: &ModelArgs) -> lamina::Result<()> {
     let gpu = lamina::gpu::Gpu::new(GpuOptions {
         allow_f16: !model.no_f16,
         allow_subgroups: !model.no_subgroups,
+        ..GpuOptions::default()
     })?;
     println!("device: {}", gpu.describe());
     println!(
