@@ -995,24 +995,32 @@ pub fn attention_backward(
     let bufs: [&wgpu::Buffer; 7] = [
         b.qkv, b.k_cache, b.v_cache, b.out, b.d_out, b.stats, b.d_qkv,
     ];
-    [
-        (0u64, t * a.n_head),
-        (1, t * a.n_head),
-        (2, t * a.n_kv_head),
-    ]
-    .into_iter()
-    .map(|(mode, count)| {
-        let constants = [("HD4", (a.head_dim / 4) as u64), ("MODE", mode)];
-        dispatch(
-            gpu,
-            "attention_backward",
-            &constants,
-            &params,
-            &bufs,
-            [count.div_ceil(64), 1, 1],
-        )
-    })
-    .collect()
+    // The CPU-class variant puts 8 consecutive tokens of one sequence in a subgroup.
+    let lanes =
+        gpu.cpu_kernels && params.seq.is_multiple_of(8) && (a.head_dim / 4).is_multiple_of(8);
+    [(0u64, a.n_head), (1, a.n_head), (2, a.n_kv_head)]
+        .into_iter()
+        .map(|(mode, heads)| {
+            let constants = [
+                ("HD4", (a.head_dim / 4) as u64),
+                ("MODE", mode),
+                ("CPU_LANES", lanes as u64),
+            ];
+            let groups = if lanes {
+                [t.div_ceil(64), heads, 1]
+            } else {
+                [(t * heads).div_ceil(64), 1, 1]
+            };
+            dispatch(
+                gpu,
+                "attention_backward",
+                &constants,
+                &params,
+                &bufs,
+                groups,
+            )
+        })
+        .collect()
 }
 
 /// Backward of the rotary embedding on the q and k columns of `d_qkv` (positions `0..t`).

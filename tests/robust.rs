@@ -11,6 +11,14 @@ use std::sync::Arc;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
 
+/// Held by every test here: the soak test measures the process's memory, which another
+/// test's engine loaded in parallel would change.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn engine() -> Engine {
     Engine::load(
         None,
@@ -53,6 +61,7 @@ fn fixture_adapter(e: &Engine) -> Arc<GpuAdapter> {
 
 #[test]
 fn stop_strings_over_accented_and_emoji_text_do_not_panic() {
+    let _serial = serial();
     let mut e = engine();
     let prompts = [
         "Écris une phrase en français sur le café et les crêpes.",
@@ -80,6 +89,7 @@ fn stop_strings_over_accented_and_emoji_text_do_not_panic() {
 
 #[test]
 fn max_tokens_zero_yields_nothing() {
+    let _serial = serial();
     let mut e = engine();
     let mut pieces = 0;
     let g = e
@@ -97,6 +107,7 @@ fn max_tokens_zero_yields_nothing() {
 
 #[test]
 fn swapping_adapters_between_calls_never_reuses_a_stale_cache() {
+    let _serial = serial();
     let mut e = engine();
     let prompt = "The quick brown fox";
     let base = e.generate(prompt, &greedy(8, &[]), &mut |_| true).unwrap();
@@ -123,6 +134,7 @@ fn swapping_adapters_between_calls_never_reuses_a_stale_cache() {
 
 #[test]
 fn a_device_error_fails_one_call_and_the_engine_keeps_working() {
+    let _serial = serial();
     let mut e = engine();
     let prompt = "The capital of France is";
     let want = e.generate(prompt, &greedy(6, &[]), &mut |_| true).unwrap();
@@ -159,6 +171,7 @@ fn rss_bytes() -> u64 {
 
 #[test]
 fn many_calls_and_adapter_swaps_do_not_grow_memory() {
+    let _serial = serial();
     // CI runs a shorter soak; LAMINA_SOAK_CALLS=1000 LAMINA_SOAK_SWAPS=100 is the full one.
     let env = |k: &str, d: usize| {
         std::env::var(k)
