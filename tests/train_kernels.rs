@@ -566,10 +566,10 @@ fn attention_and_rope_backward_match_finite_differences() {
                 .unwrap();
             let n = rows as u32;
             let ds = vec![
-                kernels::rope_kv(&gpu, a, n, &step, &qkv_b, &tb, &kc, &vc).unwrap(),
-                kernels::attention(&gpu, a, n, &step, &qkv_b, &kc, &vc, &out).unwrap(),
+                kernels::rope_kv(gpu, a, n, &step, &qkv_b, &tb, &kc, &vc).unwrap(),
+                kernels::attention(gpu, a, n, &step, &qkv_b, &kc, &vc, &out).unwrap(),
             ];
-            kernels::run(&gpu, &ds).unwrap();
+            kernels::run(gpu, &ds).unwrap();
             let max_err = |got: Vec<f32>, want: &[f32]| {
                 got.iter()
                     .zip(want)
@@ -591,7 +591,7 @@ fn attention_and_rope_backward_match_finite_differences() {
         let dqkv = gpu.storage("dqkv", (rows * stride * 4) as u64).unwrap();
         let tb = up(bytemuck::cast_slice(&table));
         let mut ds = kernels::attention_backward(
-            &gpu,
+            gpu,
             a,
             rows as u32,
             AttnBackward {
@@ -605,8 +605,8 @@ fn attention_and_rope_backward_match_finite_differences() {
             },
         )
         .unwrap();
-        ds.push(kernels::rope_backward(&gpu, a, rows as u32, &dqkv, &tb).unwrap());
-        kernels::run(&gpu, &ds).unwrap();
+        ds.push(kernels::rope_backward(gpu, a, rows as u32, &dqkv, &tb).unwrap());
+        kernels::run(gpu, &ds).unwrap();
         let grad = gpu.read_f32(&dqkv, 0, (rows * stride) as u64).unwrap();
         // Every coordinate (q, k and v of every token and head) of the small shape; a random
         // tenth of the larger one's.
