@@ -172,3 +172,40 @@ fn train_then_generate_with_the_adapter() {
     assert!(!gen.stdout.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_json_has_every_field_a_script_compares() {
+    // A small run on the 2-layer checkpoint: the numbers are the device's, the fields are ours.
+    let model = format!("{FIXTURES}/smollm2-2layer-hf/checkpoint");
+    let out = lamina(&[
+        "bench", "--model", &model, "-p", "16", "-n", "4", "--train", "2x16", "-r", "1", "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    for key in [
+        "prefill_tok_s",
+        "decode_tok_s",
+        "train_tok_s",
+        "train_recompute_tok_s",
+        "dispatches_per_token",
+        "submits_per_token",
+        "readback_bytes_per_token",
+        "peak_gpu_bytes",
+    ] {
+        let x = v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing in {stdout}"));
+        assert!(x > 0.0 && x.is_finite(), "{key} = {x}");
+    }
+    assert!(v["device"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(v["driver"].as_str().is_some_and(|s| !s.is_empty()));
+    // One submit and at most the sampled id per decoded token.
+    assert!(v["submits_per_token"].as_f64().unwrap() <= 1.0 + 1e-9);
+    assert!(v["readback_bytes_per_token"].as_f64().unwrap() <= 64.0);
+    let bad = Command::new(env!("CARGO_BIN_EXE_lamina"))
+        .args(["bench", "--model", &model, "--train", "4by128"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("BATCHxTOKENS"));
+}
