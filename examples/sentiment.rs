@@ -1,96 +1,182 @@
 //! Fine-tune SmolLM2 on real product reviews, on this device, and measure what it learned.
 //!
 //! ```sh
-//! cargo run --release --example sentiment                      # defaults below
-//! cargo run --release --example sentiment -- --steps 40 --train 160 --test 80
+//! cargo run --release --example sentiment                        # zero-shot, tune, evaluate, save
+//! cargo run --release --example sentiment -- --quick             # a first look in a few minutes
+//! cargo run --release --example sentiment -- --classify "Stale and overpriced."
+//! cargo run --release --example sentiment -- --eval my.jsonl --adapter target/sentiment-adapter
+//! cargo run --release --example sentiment -- --data my.csv --labels yes,no --template "Q: {text}\nA:"
+//! cargo run --release --example sentiment -- --help
 //! ```
 //!
-//! Reviews (`examples/data/reviews.jsonl`, 400 real Amazon Fine Foods reviews, 5 stars =
-//! `great`, else `other`) are split into train and held-out test rows. The base model's
-//! accuracy on the test rows is measured first (does " positive" or " negative" get the higher
-//! logit after `Review: ...\nSentiment:`), then a LoRA adapter is trained on the train rows,
-//! the accuracy is measured again with the adapter applied unmerged, and the adapter is saved
-//! in the PEFT layout for `lamina generate --adapter DIR`.
+//! The bundled reviews (`examples/data/fine_foods.jsonl`, 4,000 Amazon Fine Foods reviews, 5
+//! stars = `great`, else `other`) are split by a fixed permutation into a held-out pool of 1,000
+//! and a training pool of 3,000. The base model's accuracy on the held-out rows is measured
+//! first (which label's tokens are likelier after `Review: ...\nSentiment:`, normalised over
+//! the labels), then a LoRA adapter is trained on training rows, the accuracy is measured again
+//! with the adapter applied unmerged, and the adapter is saved in the PEFT layout (for
+//! `lamina generate --adapter DIR` or PEFT itself).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use lamina::dataset::{Dataset, DatasetOptions, Format};
+use clap::Parser;
+use lamina::dataset::{Dataset, DatasetOptions, Format, Truncation};
 use lamina::engine::{Engine, EngineOptions};
 use lamina::finetune::{RunOptions, Schedule, TrainConfig, TrainEvent};
 use lamina::model::ModelOptions;
 use lamina::task::{EvalOptions, Evaluation, Labelled};
 
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/reviews.jsonl");
+const DATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/data/fine_foods.jsonl"
+);
 const TEMPLATE: &str = "Review: {text}\nSentiment:";
+/// Rows of the bundled file in the held-out pool (after the fixed permutation).
+const HELD_OUT_POOL: usize = 1000;
+/// The bundled labels, and the words the model is taught to answer for them (the model's
+/// own prior for "positive" / "negative" makes a better start than "great" / "other").
+const BUNDLED_LABELS: [(&str, &str); 2] = [("great", "positive"), ("other", "negative")];
 
+#[derive(Parser, Debug)]
+#[command(about = "Fine-tune a LoRA adapter for text classification on this device and measure it")]
 struct Args {
+    /// Training rows (from the training pool, shuffled by --seed).
+    #[arg(long, default_value_t = 240)]
     train: usize,
+    /// Held-out rows to measure on.
+    #[arg(long, default_value_t = 100)]
     test: usize,
-    steps: u32,
-    batch: u32,
-    lr: f32,
+    /// Longest training example in tokens (prompt + label); longer reviews lose their start.
+    #[arg(long, default_value_t = 80)]
+    max_len: u32,
+    /// Reviews are cut to this many characters first.
+    #[arg(long, default_value_t = 300)]
     max_chars: usize,
+    /// Passes over the training rows (ignored when --steps is set).
+    #[arg(long, default_value_t = 1)]
+    epochs: u32,
+    /// Optimizer steps (0: --epochs decides).
+    #[arg(long, default_value_t = 0)]
+    steps: u32,
+    #[arg(long, default_value_t = 8)]
+    batch: u32,
+    #[arg(long, default_value_t = 8)]
+    rank: u32,
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f32,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f32,
+    /// Adapt only the top N layers (the backward stops below them: much cheaper).
+    #[arg(long, default_value_t = 8, conflicts_with = "layers")]
+    last_layers: u32,
+    /// Adapt these layers, e.g. 0-29 for all of SmolLM2-135M's (overrides --last-layers).
+    #[arg(long)]
+    layers: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where the adapter is saved (and read by --classify).
+    #[arg(long, default_value = "target/sentiment-adapter")]
     out: PathBuf,
+    /// A short run for a first look (96 training rows, 60 held out, 64 tokens).
+    #[arg(long)]
+    quick: bool,
+    /// Classify this text with the saved adapter (--adapter or --out) and exit.
+    #[arg(long)]
+    classify: Option<String>,
+    /// Evaluate on this file (JSONL {"text","label"} or CSV) without training, print
+    /// `accuracy=0.XXXX n=N` last, and exit. Uses --adapter if given, else the base model.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// An adapter folder for --eval / --classify.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Your own labelled data (JSONL {"text","label"} or CSV) instead of the bundled reviews;
+    /// a fifth of it (at most 1,000 rows) is held out.
+    #[arg(long, requires = "labels")]
+    data: Option<PathBuf>,
+    /// The labels of --data (or of --eval / --classify on your own task), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    labels: Option<Vec<String>>,
+    /// The prompt; {text} stands for the row's text.
+    #[arg(long, default_value = TEMPLATE)]
+    template: String,
 }
 
-fn parse_args() -> Args {
-    let mut a = Args {
-        train: 64,
-        test: 40,
-        steps: 16,
-        batch: 4,
-        lr: 1e-3,
-        max_chars: 200,
-        out: PathBuf::from("target/sentiment-adapter"),
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let v = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--train" => a.train = v.parse().expect("--train N"),
-            "--test" => a.test = v.parse().expect("--test N"),
-            "--steps" => a.steps = v.parse().expect("--steps N"),
-            "--batch" => a.batch = v.parse().expect("--batch N"),
-            "--lr" => a.lr = v.parse().expect("--lr X"),
-            "--max-chars" => a.max_chars = v.parse().expect("--max-chars N"),
-            "--out" => a.out = PathBuf::from(v),
-            other => panic!("unknown argument {other} (see the file's header)"),
+/// A task: its labels as the data names them, and the word the model answers for each.
+struct Task {
+    labels: Vec<String>,
+    answers: Vec<String>,
+}
+
+impl Task {
+    fn new(args: &Args) -> Task {
+        match &args.labels {
+            Some(labels) => Task {
+                labels: labels.clone(),
+                answers: labels.clone(),
+            },
+            None => Task {
+                labels: BUNDLED_LABELS.iter().map(|l| l.0.to_string()).collect(),
+                answers: BUNDLED_LABELS.iter().map(|l| l.1.to_string()).collect(),
+            },
         }
-        i += 2;
     }
-    a
+
+    fn answer(&self, label: &str) -> Option<&str> {
+        let i = self.labels.iter().position(|l| l == label)?;
+        Some(&self.answers[i])
+    }
+
+    fn label_of(&self, answer: &str) -> &str {
+        let i = self.answers.iter().position(|a| a == answer).unwrap_or(0);
+        &self.labels[i]
+    }
 }
 
-/// Held-out accuracy, per-label figures and the confusion matrix: does " positive" or
-/// " negative" score higher after the prompt (many reviews per forward pass).
-fn evaluate(engine: &Engine, rows: &[(String, bool)]) -> lamina::Result<Evaluation> {
+fn clean(text: &str, max_chars: usize) -> String {
+    text.replace("<br />", " ")
+        .chars()
+        .take(max_chars)
+        .collect()
+}
+
+/// A fixed permutation (splitmix64-driven Fisher-Yates), so the split is the same everywhere.
+fn permute<T>(rows: &mut [T], seed: u64) {
+    let mut z = seed;
+    let mut next = || {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut x = z;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    };
+    for i in (1..rows.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        rows.swap(i, j);
+    }
+}
+
+/// Held-out accuracy, per-label figures and the confusion matrix, many rows per forward pass.
+fn evaluate(
+    engine: &Engine,
+    task: &Task,
+    rows: &[(String, String)],
+    template: &str,
+) -> lamina::Result<Evaluation> {
     let data: Vec<Labelled> = rows
         .iter()
-        .map(|(text, great)| Labelled {
+        .map(|(text, label)| Labelled {
             text: text.clone(),
-            label: label(*great).trim().to_string(),
+            label: task.answer(label).unwrap_or(label).to_string(),
         })
         .collect();
-    let labels = vec![
-        label(true).trim().to_string(),
-        label(false).trim().to_string(),
-    ];
-    engine.evaluate(&data, &labels, TEMPLATE, &EvalOptions::default())
+    engine.evaluate(&data, &task.answers, template, &EvalOptions::default())
 }
 
-fn label(great: bool) -> &'static str {
-    if great {
-        " positive"
-    } else {
-        " negative"
-    }
-}
-
-fn main() -> lamina::Result<()> {
-    let args = parse_args();
-    let mut engine = Engine::load(
+fn load_engine() -> lamina::Result<Engine> {
+    let engine = Engine::load(
         None,
         EngineOptions {
             model: ModelOptions {
@@ -102,58 +188,110 @@ fn main() -> lamina::Result<()> {
         },
     )?;
     eprintln!("device: {}", engine.gpu().describe());
+    Ok(engine)
+}
 
-    // Rows alternate great / other; the first `train` go to training, the next `test` are held out.
-    let text = std::fs::read_to_string(DATA).map_err(|e| lamina::Error::File {
-        path: DATA.into(),
-        detail: e.to_string(),
-    })?;
-    let mut rows = Vec::new();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| lamina::Error::File {
-            path: DATA.into(),
-            detail: e.to_string(),
-        })?;
-        let review: String = v["text"]
-            .as_str()
-            .unwrap_or_default()
-            .replace("<br />", " ")
-            .chars()
-            .take(args.max_chars)
-            .collect();
-        rows.push((review, v["label"] == "great"));
+fn read_rows(path: &std::path::Path, max_chars: usize) -> lamina::Result<Vec<(String, String)>> {
+    Ok(lamina::dataset::read_labelled(path, None)?
+        .into_iter()
+        .map(|(t, l)| (clean(&t, max_chars), l))
+        .collect())
+}
+
+fn main() -> lamina::Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        (args.train, args.test, args.max_len) = (96, 60, 64);
     }
-    let (train_rows, rest) = rows.split_at(args.train.min(rows.len()));
-    let test_rows = &rest[..args.test.min(rest.len())];
+    let task = Task::new(&args);
 
-    let before = evaluate(&engine, test_rows)?;
+    if let Some(text) = &args.classify {
+        let mut engine = load_engine()?;
+        engine.set_adapters(&[args
+            .adapter
+            .as_ref()
+            .unwrap_or(&args.out)
+            .display()
+            .to_string()])?;
+        let scores =
+            engine.classify(&clean(text, args.max_chars), &task.answers, &args.template)?;
+        let best = scores
+            .iter()
+            .max_by(|a, b| a.probability.total_cmp(&b.probability))
+            .expect("at least one label");
+        println!("{}", task.label_of(&best.label));
+        for s in &scores {
+            println!("  {:>10}  p={:.4}", task.label_of(&s.label), s.probability);
+        }
+        return Ok(());
+    }
+
+    if let Some(file) = &args.eval {
+        let mut engine = load_engine()?;
+        if let Some(dir) = &args.adapter {
+            engine.set_adapters(&[dir.display().to_string()])?;
+        }
+        let rows = read_rows(file, args.max_chars)?;
+        let ev = evaluate(&engine, &task, &rows, &args.template)?;
+        eprint!("{}", lamina::task::report(&ev));
+        println!("accuracy={:.4} n={}", ev.accuracy, ev.n);
+        return Ok(());
+    }
+
+    // The split: a fixed permutation; the held-out pool first, training rows from the rest.
+    let (path, pool) = match &args.data {
+        Some(p) => (p.clone(), None),
+        None => (PathBuf::from(DATA), Some(HELD_OUT_POOL)),
+    };
+    let mut rows = read_rows(&path, args.max_chars)?;
+    for (_, label) in &rows {
+        if task.answer(label).is_none() {
+            return Err(lamina::Error::Invalid(format!(
+                "{}: label {label:?} is not one of --labels {:?}",
+                path.display(),
+                task.labels
+            )));
+        }
+    }
+    permute(&mut rows, 2026);
+    let pool = pool
+        .unwrap_or((rows.len() / 5).clamp(1, 1000))
+        .min(rows.len());
+    let (held_out, train_pool) = rows.split_at(pool);
+    let test_rows = &held_out[..args.test.min(held_out.len())];
+    let mut train_rows = train_pool.to_vec();
+    permute(&mut train_rows, args.seed);
+    train_rows.truncate(args.train);
+
+    let mut engine = load_engine()?;
+    let before = evaluate(&engine, &task, test_rows, &args.template)?;
     eprint!("base model, zero-shot:\n{}", lamina::task::report(&before));
 
-    // The training rows as a prompt/completion file, through the dataset loader.
+    // The training rows, written as a file for the dataset loader (the same path the CLI takes).
     std::fs::create_dir_all(&args.out).map_err(|e| lamina::Error::File {
         path: args.out.clone(),
         detail: e.to_string(),
     })?;
     let train_file = args.out.join("train.jsonl");
     let mut jsonl = String::new();
-    for (text, great) in train_rows {
-        let row =
-            serde_json::json!({"text": text, "label": if *great { "great" } else { "other" }});
-        jsonl.push_str(&row.to_string());
+    for (text, label) in &train_rows {
+        jsonl.push_str(&serde_json::json!({"text": text, "label": label}).to_string());
         jsonl.push('\n');
     }
     lamina::fetch::write_atomic(&train_file, jsonl.as_bytes())?;
+    let label_map: BTreeMap<String, String> = task
+        .labels
+        .iter()
+        .zip(&task.answers)
+        .map(|(l, a)| (l.clone(), lamina::task::label_completion(a)))
+        .collect();
     let opts = DatasetOptions {
         format: Some(Format::TextLabel {
-            template: TEMPLATE.into(),
-            label_map: Some(
-                [("great", label(true)), ("other", label(false))]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
+            template: args.template.clone(),
+            label_map: Some(label_map),
         }),
-        max_len: 96,
+        max_len: args.max_len as usize,
+        truncation: Truncation::Left,
         ..Default::default()
     };
     let data = Dataset::load(&train_file, engine.tokenizer(), &opts)?;
@@ -161,55 +299,91 @@ fn main() -> lamina::Result<()> {
         batch_size: args.batch,
         lr: args.lr,
         max_steps: args.steps,
-        epochs: 0,
-        warmup_steps: 2,
+        epochs: if args.steps > 0 {
+            0
+        } else {
+            args.epochs.max(1)
+        },
+        warmup_steps: 4,
         schedule: Schedule::Cosine,
-        max_len: 96,
+        max_len: args.max_len,
         validation_fraction: 0.0,
+        seed: args.seed,
         ..Default::default()
     };
-    cfg.lora.r = 8;
-    cfg.lora.alpha = 16.0;
+    cfg.lora.r = args.rank;
+    cfg.lora.alpha = args.alpha;
+    match &args.layers {
+        Some(spec) => cfg.lora.layers = Some(lamina::train::parse_layers(spec)?),
+        None => cfg.lora.last_layers = Some(args.last_layers),
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} | {msg} | eta {eta}")
+            .expect("a valid template"),
+    );
     let train_start = Instant::now();
     let mut last = None;
-    let result = engine.fine_tune(&data, &cfg, &RunOptions::default(), &mut |e| {
-        if let TrainEvent::Step(s) = e {
-            eprintln!(
-                "step {:>3}/{} loss {:.4} lr {:.2e} | {:.1} tok/s | eta {:.0} s",
-                s.step, s.total_steps, s.loss, s.lr, s.tokens_per_sec, s.eta_secs
-            );
+    let result = engine.fine_tune(&data, &cfg, &RunOptions::default(), &mut |e| match e {
+        TrainEvent::Started { total_steps, .. } => bar.set_length(*total_steps as u64),
+        TrainEvent::Step(s) => {
+            bar.set_position(s.step as u64);
+            bar.set_message(format!(
+                "loss {:.4} | lr {:.2e} | {:.0} tok/s",
+                s.loss, s.lr, s.tokens_per_sec
+            ));
+            if bar.is_hidden() {
+                eprintln!(
+                    "step {:>4}/{} loss {:.4} lr {:.2e} | {:.1} tok/s | eta {:.0} s",
+                    s.step, s.total_steps, s.loss, s.lr, s.tokens_per_sec, s.eta_secs
+                );
+            }
             last = Some(s.clone());
         }
+        _ => {}
     })?;
+    bar.finish_and_clear();
     let train_secs = train_start.elapsed().as_secs_f64();
     engine.apply_lora(vec![(result.weights.clone(), 1.0)])?;
-    let after = evaluate(&engine, test_rows)?;
+    let after = evaluate(&engine, &task, test_rows, &args.template)?;
     eprint!("with the adapter:\n{}", lamina::task::report(&after));
     result
         .weights
         .save(&args.out, cfg.lora.dropout, Some(engine.model_name()))?;
 
-    let last = last.expect("at least one step");
+    let tok_s = last.as_ref().map(|s| s.tokens_per_sec).unwrap_or(0.0);
+    let peak = engine.gpu().counters.snapshot().peak_bytes as f64 / 1048576.0;
+    println!();
+    println!("|                      | zero-shot | tuned    |");
+    println!("|----------------------|-----------|----------|");
     println!(
-        "accuracy on {} held-out reviews: {:.1}% before, {:.1}% after {} steps on {} reviews (majority baseline {:.1}%)",
-        test_rows.len(),
+        "| held-out accuracy    | {:>8.1}% | {:>7.1}% |",
         100.0 * before.accuracy,
-        100.0 * after.accuracy,
-        result.steps,
-        train_rows.len(),
+        100.0 * after.accuracy
+    );
+    println!(
+        "| majority baseline    | {:>8.1}% | {:>7.1}% |",
+        100.0 * before.majority_baseline,
         100.0 * after.majority_baseline
     );
     println!(
-        "training: {:.1} s, {:.1} tokens/s, peak GPU memory {:.0} MiB (weights {:.0} MiB)",
-        train_secs,
-        last.tokens_per_sec,
-        last.peak_gpu_bytes as f64 / 1048576.0,
-        engine.model().weights.gpu_bytes() as f64 / 1048576.0
+        "| evaluation time      | {:>8.0}s | {:>7.0}s |",
+        before.secs, after.secs
     );
     println!(
-        "adapter saved to {} — try: lamina generate --adapter {} --temperature 0 --max-tokens 2 --prompt \"Review: Stale and overpriced.\\nSentiment:\"",
-        args.out.display(),
+        "training: {} steps on {} rows ({} held out) in {:.1} min, {:.1} tok/s, peak GPU {:.0} MiB; adapter in {}",
+        result.steps,
+        train_rows.len(),
+        test_rows.len(),
+        train_secs / 60.0,
+        tok_s,
+        peak,
         args.out.display()
     );
+    println!(
+        "zero_shot={:.4} majority={:.4} train_secs={:.0}",
+        before.accuracy, after.majority_baseline, train_secs
+    );
+    println!("accuracy={:.4} n={}", after.accuracy, after.n);
     Ok(())
 }

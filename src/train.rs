@@ -49,6 +49,31 @@ const HEAD_CHUNK: u32 = 64;
 /// Sequence lengths are padded to a multiple of this, so a few plans serve every batch.
 const SEQ_ALIGN: u32 = 8;
 
+/// `22-29`, `0,5,10-12`: the layer numbers named.
+pub fn parse_layers(spec: &str) -> Result<Vec<u32>> {
+    let bad = || Error::Invalid(format!("--layers {spec:?} (e.g. 22-29 or 0,5,10-12)"));
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b || b - a > 4096 {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if out.is_empty() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
 /// LoRA settings for training, as in PEFT's `LoraConfig`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -416,38 +416,13 @@ impl TrainFlags {
             c.lora.targets = t.split(',').map(|s| s.trim().to_string()).collect();
         }
         if let Some(l) = &self.layers {
-            c.lora.layers = Some(parse_layers(l)?);
+            c.lora.layers = Some(lamina::train::parse_layers(l)?);
         }
         if let Some(n) = self.last_layers {
             c.lora.last_layers = Some(n);
         }
         Ok(())
     }
-}
-
-/// `22-29`, `0,5,10-12`: the layer numbers named.
-fn parse_layers(spec: &str) -> lamina::Result<Vec<u32>> {
-    let bad = || lamina::Error::Invalid(format!("--layers {spec:?} (e.g. 22-29 or 0,5,10-12)"));
-    let mut out = Vec::new();
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (
-                    a.trim().parse().map_err(|_| bad())?,
-                    b.trim().parse().map_err(|_| bad())?,
-                );
-                if a > b || b - a > 4096 {
-                    return Err(bad());
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    if out.is_empty() {
-        return Err(bad());
-    }
-    Ok(out)
 }
 
 /// The models `lamina fetch` knows.
