@@ -60,7 +60,8 @@ pub struct Evaluation {
 /// Settings of [`evaluate`].
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
-    /// Examples per forward pass (each runs once per label).
+    /// Examples per forward pass (one sequence each when every label is one token, else one
+    /// per label).
     pub batch_examples: usize,
     /// Longest prompt + label, in tokens; longer prompts lose their start (the BOS is kept).
     pub max_len: usize,
