@@ -46,6 +46,17 @@ fn o_at(t: u32, h: u32) -> u32 {
     return t * p.n_head * HD4 + h * HD4;
 }
 
+// dk (times the scale) and dv of key row j, kv head kvh, into their DQKV columns.
+fn write_dkv(j: u32, kvh: u32, dk: array<vec4<f32>, 32>, dv: array<vec4<f32>, 32>) {
+    let row = (j * p.qkv_stride) / 4u;
+    let ko = row + (p.n_head + kvh) * HD4;
+    let vo = row + (p.n_head + p.n_kv_head + kvh) * HD4;
+    for (var i = 0u; i < HD4; i++) {
+        DQKV[ko + i] = dk[i] * p.scale;
+        DQKV[vo + i] = dv[i];
+    }
+}
+
 fn dot_qk(t: u32, h: u32, kvh: u32, j: u32) -> f32 {
     var s = vec4<f32>(0.0);
     let qo = q_at(t, h);
@@ -138,13 +149,7 @@ fn main_any(gid: vec3<u32>) {
                     }
                 }
             }
-            let row = (j * p.qkv_stride) / 4u;
-            let ko = row + (p.n_head + kvh) * HD4;
-            let vo = row + (p.n_head + p.n_kv_head + kvh) * HD4;
-            for (var i = 0u; i < HD4; i++) {
-                DQKV[ko + i] = dk[i] * p.scale;
-                DQKV[vo + i] = dv[i];
-            }
+            write_dkv(j, kvh, dk, dv);
         }
     }
 }
@@ -282,13 +287,7 @@ fn main_lanes(gid: vec3<u32>, l8: u32) {
             }
         }
     }
-    let r = (row * p.qkv_stride) / 4u;
-    let dko = r + (p.n_head + kvh) * HD4;
-    let dvo = r + (p.n_head + p.n_kv_head + kvh) * HD4;
-    for (var i = 0u; i < HD4; i++) {
-        DQKV[dko + i] = dk[i] * p.scale;
-        DQKV[dvo + i] = dv[i];
-    }
+    write_dkv(row, kvh, dk, dv);
 }
 
 @compute @workgroup_size(64)
