@@ -14,14 +14,6 @@ const T_Q8_0: u32 = 8u;
 const T_Q4_K: u32 = 12u;
 const T_Q6_K: u32 = 14u;
 
-fn nibbles_lo(w: u32) -> vec4<f32> {
-    return vec4<f32>(vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) & vec4<u32>(0xFu));
-}
-
-fn nibbles_hi(w: u32) -> vec4<f32> {
-    return vec4<f32>(vec4<u32>(w >> 4u, w >> 12u, w >> 20u, w >> 28u) & vec4<u32>(0xFu));
-}
-
 // The low (hi = false) or high nibbles of w's four bytes, without a branch: a branch on a
 // value the compiler cannot prove uniform runs both sides on SIMD devices, and keeps the
 // callers' loops from unrolling.
