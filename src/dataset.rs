@@ -165,33 +165,7 @@ impl Dataset {
             path: path.to_path_buf(),
             detail,
         };
-        if opts.max_len < 2 {
-            return Err(Error::Invalid(format!(
-                "max_len must be at least 2 (got {})",
-                opts.max_len
-            )));
-        }
-        if let Some(Format::TextLabel { template, .. }) = &opts.format {
-            if !template.contains("{text}") {
-                return Err(Error::Invalid(format!(
-                    "the text template {template:?} has no {{text}} placeholder"
-                )));
-            }
-        }
-        let eos = tok.eos_ids().first().copied();
-        if opts.add_eos && eos.is_none() {
-            return Err(Error::Invalid(
-                "add_eos is set but the tokenizer has no EOS token".into(),
-            ));
-        }
-        // A tokenizer that appends EOS on `add_special` would end every prompt with it.
-        let bare = tok.encode("", true)?;
-        let prompt_eos = match bare.as_slice() {
-            [] => None,
-            [only] if Some(*only) == tok.bos_id() => None,
-            [.., last] if Some(*last) == eos => eos,
-            _ => None,
-        };
+        let builder = Builder::new(tok, opts)?;
 
         let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
         let text = match String::from_utf8(bytes) {
@@ -212,15 +186,8 @@ impl Dataset {
             .map(str::to_ascii_lowercase)
             .unwrap_or_default();
 
-        let builder = Builder {
-            tok,
-            opts,
-            bos: tok.bos_id(),
-            eos,
-            prompt_eos,
-        };
         let cols = opts.csv_columns.as_ref();
-        let mut plan = opts.format.clone().map(|f| Plan::new(f, cols));
+        let plan = opts.format.clone().map(|f| Plan::new(f, cols));
         if let Some(p) = &plan {
             builder.check_plan(p).map_err(file_err)?;
         }
@@ -299,46 +266,52 @@ impl Dataset {
                         .map(|(i, l)| (i + 1, serde_json::from_str(l).map_err(|e| json_error(&e))))
                         .collect()
                 };
-                let mut acc = Acc::new(
+                let acc = Acc::new(
                     path,
                     if array { "item" } else { "line" },
                     opts.skip_malformed,
                 );
-                for (loc, parsed) in rows {
-                    let value = match parsed {
-                        Ok(v) => v,
-                        Err(e) => {
-                            acc.reject(loc, e)?;
-                            continue;
-                        }
-                    };
-                    let Some(map) = value.as_object() else {
-                        acc.reject(loc, format!("not a JSON object (found {})", kind(&value)))?;
-                        continue;
-                    };
-                    let rec = Record::Json(map);
-                    if plan.is_none() {
-                        match detect(&rec, cols) {
-                            Ok(f) => {
-                                let p = Plan::new(f, cols);
-                                builder.check_plan(&p).map_err(file_err)?;
-                                plan = Some(p);
-                            }
-                            Err(e) => {
-                                acc.reject(loc, e)?;
-                                continue;
-                            }
-                        }
-                    }
-                    let Some(p) = &plan else { continue };
-                    acc.accept(loc, builder.build(p, &rec))?;
-                }
-                acc.finish()
+                load_json_rows(&builder, plan, cols, rows, acc)
             }
             _ => Err(file_err(format!(
                 "unknown data file type (extension {ext:?}): expected .jsonl, .json or .csv"
             ))),
         }
+    }
+
+    /// Tokenizes rows held in memory (an app's own storage), each a JSON object of the same
+    /// shapes a `.jsonl` file holds: `{"prompt", "completion"}`, `{"text", "label"}` or
+    /// `{"messages": [...]}`. `source` names the rows in errors, which give the 1-based item:
+    /// `"examples: item 3: ..."`.
+    pub fn from_rows(
+        source: &str,
+        rows: Vec<serde_json::Value>,
+        tok: &Tokenizer,
+        opts: &DatasetOptions,
+    ) -> Result<Dataset> {
+        let path = Path::new(source);
+        if rows.is_empty() {
+            return Err(Error::File {
+                path: path.to_path_buf(),
+                detail: "no rows (none were given)".into(),
+            });
+        }
+        let builder = Builder::new(tok, opts)?;
+        let cols = opts.csv_columns.as_ref();
+        let plan = opts.format.clone().map(|f| Plan::new(f, cols));
+        if let Some(p) = &plan {
+            builder.check_plan(p).map_err(|detail| Error::File {
+                path: path.to_path_buf(),
+                detail,
+            })?;
+        }
+        let rows = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (i + 1, Ok(v)))
+            .collect();
+        let acc = Acc::new(path, "item", opts.skip_malformed);
+        load_json_rows(&builder, plan, cols, rows, acc)
     }
 
     pub fn len(&self) -> usize {
@@ -727,6 +700,47 @@ struct Builder<'a> {
     prompt_eos: Option<u32>,
 }
 
+impl<'a> Builder<'a> {
+    /// Checks the options against the tokenizer.
+    fn new(tok: &'a Tokenizer, opts: &'a DatasetOptions) -> Result<Builder<'a>> {
+        if opts.max_len < 2 {
+            return Err(Error::Invalid(format!(
+                "max_len must be at least 2 (got {})",
+                opts.max_len
+            )));
+        }
+        if let Some(Format::TextLabel { template, .. }) = &opts.format {
+            if !template.contains("{text}") {
+                return Err(Error::Invalid(format!(
+                    "the text template {template:?} has no {{text}} placeholder"
+                )));
+            }
+        }
+        let eos = tok.eos_ids().first().copied();
+        if opts.add_eos && eos.is_none() {
+            return Err(Error::Invalid(
+                "add_eos is set but the tokenizer has no EOS token".into(),
+            ));
+        }
+        // A tokenizer that appends EOS on `add_special` would end every prompt with it.
+        let bare = tok.encode("", true)?;
+        let prompt_eos = match bare.as_slice() {
+            [] => None,
+            [only] if Some(*only) == tok.bos_id() => None,
+            [.., last] if Some(*last) == eos => eos,
+            _ => None,
+        };
+
+        Ok(Builder {
+            tok,
+            opts,
+            bos: tok.bos_id(),
+            eos,
+            prompt_eos,
+        })
+    }
+}
+
 impl Builder<'_> {
     /// File-level requirements of a format.
     fn check_plan(&self, plan: &Plan) -> std::result::Result<(), String> {
@@ -899,6 +913,50 @@ fn keep<T: Copy>(v: &[T], head: usize, a: usize, b: usize) -> Vec<T> {
 }
 
 /// Collects examples and malformed rows.
+/// JSON rows (an object each) into examples: the format is detected from the first valid row
+/// unless `plan` is given.
+fn load_json_rows(
+    builder: &Builder,
+    mut plan: Option<Plan>,
+    cols: Option<&(String, String)>,
+    rows: Vec<(usize, std::result::Result<serde_json::Value, String>)>,
+    mut acc: Acc,
+) -> Result<Dataset> {
+    for (loc, parsed) in rows {
+        let value = match parsed {
+            Ok(v) => v,
+            Err(e) => {
+                acc.reject(loc, e)?;
+                continue;
+            }
+        };
+        let Some(map) = value.as_object() else {
+            acc.reject(loc, format!("not a JSON object (found {})", kind(&value)))?;
+            continue;
+        };
+        let rec = Record::Json(map);
+        if plan.is_none() {
+            match detect(&rec, cols) {
+                Ok(f) => {
+                    let p = Plan::new(f, cols);
+                    builder.check_plan(&p).map_err(|detail| Error::File {
+                        path: acc.path.to_path_buf(),
+                        detail,
+                    })?;
+                    plan = Some(p);
+                }
+                Err(e) => {
+                    acc.reject(loc, e)?;
+                    continue;
+                }
+            }
+        }
+        let Some(p) = &plan else { continue };
+        acc.accept(loc, builder.build(p, &rec))?;
+    }
+    acc.finish()
+}
+
 struct Acc<'a> {
     path: &'a Path,
     unit: &'static str,

@@ -375,12 +375,12 @@ impl Gpu {
         if let Some(p) = lock(&self.pipelines).get(&key) {
             return Ok(p.clone());
         }
-        let source = shaders::source(kernel, &flags)
-            .and_then(|s| shaders::specialize(&s, constants))
-            .map_err(|detail| GpuError::Shader {
+        let source = shaders::variant_source(kernel, &flags, constants).map_err(|detail| {
+            GpuError::Shader {
                 kernel: kernel.into(),
                 detail,
-            })?;
+            }
+        })?;
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
@@ -410,6 +410,20 @@ impl Gpu {
         let p = Arc::new(pipeline);
         lock(&self.pipelines).insert(key, p.clone());
         Ok(p)
+    }
+
+    /// Every kernel variant compiled on this device so far, as (kernel, flags, override
+    /// constants): [`shaders::variant_source`] gives each one's WGSL exactly as compiled.
+    /// Tests translate them for the other platforms' shading languages.
+    pub fn compiled_variants(&self) -> Vec<shaders::Variant> {
+        lock(&self.pipelines)
+            .keys()
+            .map(|k| shaders::Variant {
+                kernel: k.kernel,
+                flags: k.flags,
+                constants: k.constants.clone(),
+            })
+            .collect()
     }
 
     pub fn shader_flags(&self) -> shaders::Flags {

@@ -96,6 +96,24 @@ fn file(name: &str) -> Result<&'static str, String> {
         .ok_or_else(|| format!("no shader named '{name}'"))
 }
 
+/// A kernel as the device compiles it: the preprocessor's flags and the override constants.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub kernel: &'static str,
+    pub flags: Flags,
+    pub constants: Vec<(&'static str, u64)>,
+}
+
+/// The WGSL of a kernel variant exactly as [`crate::gpu::Gpu::pipeline`] compiles it: the
+/// `#if` lines for `flags` kept, then `constants` written in place of their overrides.
+pub fn variant_source(
+    kernel: &str,
+    flags: &Flags,
+    constants: &[(&str, u64)],
+) -> Result<String, String> {
+    source(kernel, flags).and_then(|s| specialize(&s, constants))
+}
+
 /// The specialized source of a kernel.
 pub fn source(name: &str, flags: &Flags) -> Result<String, String> {
     let mut out = String::new();

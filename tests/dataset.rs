@@ -663,3 +663,44 @@ fn collate_pads_on_the_right() {
         assert_eq!(mask[r].iter().sum::<u32>() as usize, ex.len());
     }
 }
+
+#[test]
+fn rows_in_memory_tokenize_as_the_same_rows_in_a_file() {
+    let rows = vec![
+        serde_json::json!({"text": "Crisp and fresh.", "label": "positive"}),
+        serde_json::json!({"text": "Stale.", "label": "negative"}),
+    ];
+    let template = "Review: {text}\nSentiment:";
+    let opts = DatasetOptions {
+        format: Some(Format::TextLabel {
+            template: template.into(),
+            label_map: None,
+        }),
+        ..Default::default()
+    };
+    let content: String = rows.iter().map(|r| json_line(r.clone())).collect();
+    let file = temp_file("jsonl", &content);
+    let from_file = load(&file, &opts).unwrap();
+    let in_memory = Dataset::from_rows("examples", rows, tok(), &opts).unwrap();
+    assert_eq!(in_memory.examples, from_file.examples);
+    assert_eq!(
+        in_memory.examples[1],
+        expected("Review: Stale.\nSentiment:", " negative", true)
+    );
+
+    // Detected formats, and the item a malformed row is at.
+    let chat = vec![serde_json::json!({"messages": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}
+    ]})];
+    let ds = Dataset::from_rows("examples", chat, tok(), &DatasetOptions::default()).unwrap();
+    assert_eq!(ds.len(), 1);
+    let mixed = vec![
+        serde_json::json!({"prompt": "2 + 2 =", "completion": " 4"}),
+        serde_json::json!({"prompt": "3 + 3 ="}),
+    ];
+    let e = Dataset::from_rows("examples", mixed, tok(), &DatasetOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.starts_with("examples: item 2:"), "{msg}");
+    let e = Dataset::from_rows("examples", vec![], tok(), &DatasetOptions::default()).unwrap_err();
+    assert_eq!(e.to_string(), "examples: no rows (none were given)");
+}
