@@ -17,6 +17,7 @@ swift_out=$(mktemp -d)
 "$bindgen" generate --library "$lib" --language swift --out-dir "$swift_out" --no-format
 # The SwiftPM layout: the Swift sources in the Lamina target, the C header beside the
 # hand-written module map of the LaminaFFI system-library target.
+mkdir -p bindings/swift/Sources/Lamina
 mv "$swift_out/Lamina.swift" bindings/swift/Sources/Lamina/Lamina.swift
 mv "$swift_out/LaminaFFI.h" bindings/swift/Sources/LaminaFFI/LaminaFFI.h
 rm -rf "$swift_out"

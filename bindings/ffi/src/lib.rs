@@ -54,6 +54,16 @@ pub enum LaminaError {
     /// Reading or writing a file failed.
     #[error("{0}")]
     Io(String),
+    /// A listener threw; the call stopped there (the exception's text is in the message).
+    #[error("{0}")]
+    Listener(String),
+}
+
+/// What a listener's exception (one that is not a `LaminaError`) becomes.
+impl From<uniffi::UnexpectedUniFFICallbackError> for LaminaError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        LaminaError::Listener(format!("the listener threw: {}", e.reason))
+    }
 }
 
 /// What a call was doing when the core failed: decides which case the error becomes.
@@ -195,8 +205,9 @@ pub struct ChatMessage {
 /// Receives the text of a generation as it is produced.
 #[uniffi::export(with_foreign)]
 pub trait TokenListener: Send + Sync {
-    /// A new piece of text; return false to stop the generation here.
-    fn on_token(&self, piece: String) -> bool;
+    /// A new piece of text; return false to stop the generation here. An exception stops
+    /// it too, and the call throws `LaminaError.Listener` with the exception's text.
+    fn on_token(&self, piece: String) -> Result<bool, LaminaError>;
 }
 
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -378,8 +389,9 @@ pub enum TrainEvent {
 #[uniffi::export(with_foreign)]
 pub trait TrainListener: Send + Sync {
     /// Return false to stop the run after this step; the call then returns a report with
-    /// `cancelled` set (and the adapter trained so far).
-    fn on_event(&self, event: TrainEvent) -> bool;
+    /// `cancelled` set (and the adapter trained so far). An exception stops it too, and the
+    /// call throws `LaminaError.Listener` with the exception's text.
+    fn on_event(&self, event: TrainEvent) -> Result<bool, LaminaError>;
 }
 
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -506,8 +518,12 @@ impl Engine {
             cancel: Some(running.flag.clone()),
             ignore_eos: false,
         };
+        let mut thrown = None;
         let mut on_text = |piece: &str| match &listener {
-            Some(l) => l.on_token(piece.to_string()),
+            Some(l) => l.on_token(piece.to_string()).unwrap_or_else(|e| {
+                thrown = Some(e);
+                false
+            }),
             None => true,
         };
         let g = match prompt {
@@ -515,6 +531,9 @@ impl Engine {
             Prompt::Chat(m) => state.engine.chat(&m, &core, &mut on_text),
         }
         .map_err(|e| error(e, Doing::Other))?;
+        if let Some(e) = thrown {
+            return Err(e);
+        }
         if running.cancelled() {
             return Err(LaminaError::Cancelled(format!(
                 "generation cancelled after {} tokens",
@@ -608,25 +627,24 @@ fn dataset(
 #[uniffi::export]
 impl Engine {
     /// Opens a GGUF file or a Hugging Face checkpoint folder; `None` opens the default model
-    /// (SmolLM2-135M-Instruct, fetched, sha256-checked and cached on first use).
+    /// (SmolLM2-135M-Instruct, fetched, sha256-checked and cached on first use), and the name
+    /// of another model the project fetches (`qwen2.5-0.5b`, `qwen2.5-1.5b`) opens that one.
     #[uniffi::constructor]
     pub fn new(
         model_path: Option<String>,
         options: EngineOptions,
     ) -> Result<Arc<Engine>, LaminaError> {
-        let path = match model_path {
-            Some(p) => {
-                if !Path::new(&p).exists() {
-                    return Err(LaminaError::ModelNotFound(format!(
-                        "{p}: no such file or directory"
-                    )));
-                }
-                PathBuf::from(p)
+        // A path, or the name of a model the project fetches (`qwen2.5-1.5b`).
+        if let Some(p) = &model_path {
+            if !Path::new(p).exists() && lamina::fetch::by_name(p).is_none() {
+                return Err(LaminaError::ModelNotFound(format!(
+                    "{p}: no such file or directory"
+                )));
             }
-            None => lamina::fetch::default_model().map_err(|e| {
-                LaminaError::ModelNotFound(format!("the default model could not be fetched: {e}"))
-            })?,
-        };
+        }
+        let path = lamina::fetch::resolve(model_path.as_deref().map(Path::new)).map_err(|e| {
+            LaminaError::ModelNotFound(format!("the model could not be fetched: {e}"))
+        })?;
         let fallback = options.force_fallback_shaders;
         let opts = lamina::engine::EngineOptions {
             gpu: GpuOptions {
@@ -733,6 +751,7 @@ impl Engine {
         let mut tokens_per_sec = 0.0;
         let mut peak = 0;
         let stop = running.flag.clone();
+        let mut thrown = None;
         let mut on_event = |event: &lamina::finetune::TrainEvent| {
             use lamina::finetune::TrainEvent as E;
             let out = match event {
@@ -779,8 +798,13 @@ impl Engine {
                 },
             };
             if let Some(l) = &listener {
-                if !l.on_event(out) {
-                    stop.store(true, Ordering::SeqCst);
+                match l.on_event(out) {
+                    Ok(true) => {}
+                    Ok(false) => stop.store(true, Ordering::SeqCst),
+                    Err(e) => {
+                        stop.store(true, Ordering::SeqCst);
+                        thrown.get_or_insert(e);
+                    }
                 }
             }
         };
@@ -807,6 +831,9 @@ impl Engine {
             peak_gpu_bytes: peak,
         };
         state.trained = Some(result.weights);
+        if let Some(e) = thrown {
+            return Err(e);
+        }
         if running.cancelled() {
             let kept = match &config.checkpoint_dir {
                 Some(dir) => format!("; the checkpoint in {dir} is complete"),

@@ -192,3 +192,26 @@ def test_tokenize_and_device_info(engine):
     info = engine.device_info()
     assert info.backend and info.adapter_name
     assert info.peak_bytes >= info.bytes_in_use > 0
+
+
+def test_a_listener_that_raises_stops_the_call_with_a_typed_error(engine):
+    class Boom(lamina.TokenListener):
+        def on_token(self, piece):
+            raise ValueError("listener bug")
+
+    with pytest.raises(lamina.LaminaError.Listener) as e:
+        engine.generate(PROMPT, greedy(8), Boom())
+    assert "listener bug" in str(e.value)
+
+    class TrainBoom(lamina.TrainListener):
+        def on_event(self, event):
+            if isinstance(event, lamina.TrainEvent.STEP):
+                raise RuntimeError("progress bar broke")
+            return True
+
+    config = lamina.TrainConfig(max_steps=3, batch_size=2, validation_fraction=0.0, max_length=64)
+    with pytest.raises(lamina.LaminaError.Listener) as e:
+        engine.fine_tune(examples(), config, TrainBoom())
+    assert "progress bar broke" in str(e.value)
+    # The engine still works afterwards.
+    assert engine.generate(PROMPT, greedy(4), None).tokens_generated > 0

@@ -53,6 +53,16 @@ final class Events: TrainListener, @unchecked Sendable {
     }
 }
 
+struct ListenerBug: Error, CustomStringConvertible {
+    var description: String { "listener bug" }
+}
+
+final class Throwing: TokenListener, @unchecked Sendable {
+    func onToken(piece: String) throws -> Bool {
+        throw ListenerBug()
+    }
+}
+
 final class LaminaTests: XCTestCase {
     func test1GreedyGenerationMatchesTheCommandLine() throws {
         let g = try shared.generate(prompt: prompt, params: greedy(), listener: nil)
@@ -173,6 +183,13 @@ final class LaminaTests: XCTestCase {
             }
             XCTAssertTrue(message.contains("item 2"), message)
         }
+        XCTAssertThrowsError(try shared.generate(prompt: prompt, params: greedy(8), listener: Throwing())) {
+            guard case LaminaError.Listener(let message) = $0 else {
+                return XCTFail("expected Listener, got \($0)")
+            }
+            XCTAssertTrue(message.contains("listener bug"), message)
+        }
+        XCTAssertGreaterThan(try shared.generate(prompt: prompt, params: greedy(4), listener: nil).tokensGenerated, 0)
     }
 
     func test8TokenizeAndDeviceInfo() throws {

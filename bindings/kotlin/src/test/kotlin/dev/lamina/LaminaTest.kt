@@ -189,6 +189,13 @@ class LaminaTest {
             engine.fineTune(bad, TrainConfig(maxSteps = 1u), null)
         }
         assertTrue(e.message!!.contains("item 2"), e.message)
+        val thrown = assertFailsWith<LaminaException.Listener> {
+            engine.generate(PROMPT, greedy(8), object : TokenListener {
+                override fun onToken(piece: String): Boolean = throw IllegalStateException("listener bug")
+            })
+        }
+        assertTrue(thrown.message!!.contains("listener bug"), thrown.message)
+        assertTrue(engine.generate(PROMPT, greedy(4), null).tokensGenerated > 0u)
     }
 
     @Test
