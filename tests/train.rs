@@ -1,6 +1,6 @@
-//! LoRA training on the real SmolLM2 file against Hugging Face PEFT
-//! (`../shared/fixtures/smollm2/lora.safetensors`): the loss, every LoRA gradient, and the
-//! losses over five AdamW steps on the same batch.
+//! LoRA training on the real SmolLM2 and Qwen2.5-Coder-0.5B files against Hugging Face PEFT
+//! (`../shared/fixtures/{smollm2,qwen2.5-0.5b}/lora.safetensors`): the loss, every LoRA
+//! gradient, and (SmolLM2) the losses over five AdamW steps on the same batch.
 
 use lamina::adapter::{LoraConfig, LoraWeights, MODULES};
 use lamina::gguf::GgufFile;
@@ -11,6 +11,10 @@ use lamina::train::{TrainableAdapter, Trainer, TrainerOptions};
 use safetensors::SafeTensors;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/smollm2");
+const QWEN_FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/fixtures/qwen2.5-0.5b"
+);
 
 struct Fixture {
     data: Vec<u8>,
@@ -19,10 +23,14 @@ struct Fixture {
 
 impl Fixture {
     fn load() -> Fixture {
+        Fixture::load_from(FIXTURES)
+    }
+
+    fn load_from(dir: &str) -> Fixture {
         Fixture {
-            data: std::fs::read(format!("{FIXTURES}/lora.safetensors")).unwrap(),
+            data: std::fs::read(format!("{dir}/lora.safetensors")).unwrap(),
             expected: serde_json::from_str(
-                &std::fs::read_to_string(format!("{FIXTURES}/expected.json")).unwrap(),
+                &std::fs::read_to_string(format!("{dir}/expected.json")).unwrap(),
             )
             .unwrap(),
         }
@@ -59,7 +67,11 @@ impl Fixture {
 }
 
 fn model() -> Llama {
-    let g = GgufFile::open(lamina::fetch::default_model().unwrap()).unwrap();
+    model_from(&lamina::fetch::default_model().unwrap())
+}
+
+fn model_from(path: &std::path::Path) -> Llama {
+    let g = GgufFile::open(path).unwrap();
     let gpu = Gpu::new(GpuOptions::default()).unwrap();
     let opts = ModelOptions {
         context: 64,
@@ -91,21 +103,30 @@ fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
 
 #[test]
 fn loss_and_every_lora_gradient_match_peft() {
-    let fx = Fixture::load();
-    let model = model();
+    check_loss_and_gradients(&Fixture::load(), &model());
+}
+
+/// Qwen2: q/k/v biases (frozen), GQA 7:1, and GGUF q/k rows in Hugging Face's order.
+#[test]
+fn qwen_loss_and_every_lora_gradient_match_peft() {
+    let path = lamina::fetch::qwen25_05b().unwrap();
+    check_loss_and_gradients(&Fixture::load_from(QWEN_FIXTURES), &model_from(&path));
+}
+
+fn check_loss_and_gradients(fx: &Fixture, model: &Llama) {
     let want_loss = fx.expected["lora"]["loss_mean_over_completion_tokens"]
         .as_f64()
         .unwrap();
     let (ids, labels, rows) = fx.batch();
     for recompute in [false, true] {
-        let mut tr = trainer(&model, &fx, recompute);
+        let mut tr = trainer(model, fx, recompute);
         tr.zero_grad();
         let out = tr.accumulate(&ids, &labels, rows).unwrap();
         let loss = out.sum / out.tokens as f64;
         eprintln!("recompute {recompute}: loss {loss:.7} vs PEFT {want_loss:.7}");
         assert!(((loss - want_loss) / want_loss).abs() < 1e-4);
         let grads = tr.gradients().unwrap();
-        assert_eq!(grads.len(), 30 * 7);
+        assert_eq!(grads.len(), model.cfg.n_layer as usize * 7);
         let mut worst = (0f64, String::new());
         for ((layer, m), (da, db)) in &grads {
             let module = MODULES[*m];

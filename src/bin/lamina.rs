@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// GGUF file (default: SmolLM2-135M-Instruct, fetched and cached on first use).
+    /// GGUF file or Hugging Face folder, or a model this project fetches and caches: smollm2
+    /// (the default), qwen2.5-0.5b, qwen2.5-1.5b.
     #[arg(long)]
     model: Option<PathBuf>,
     /// KV cache positions.
@@ -430,9 +431,12 @@ impl TrainFlags {
 enum FetchModel {
     /// SmolLM2-135M-Instruct Q4_1 (the default model).
     Smollm2,
-    /// Qwen2.5-Coder-0.5B-Instruct Q4_K_M.
+    /// Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491 MB).
     #[value(name = "qwen2.5-0.5b")]
     Qwen25_05b,
+    /// Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1.07 GB).
+    #[value(name = "qwen2.5-1.5b")]
+    Qwen25_15b,
 }
 
 /// Set by the first Ctrl-C: generation and training stop at the next token or step (training
@@ -646,6 +650,7 @@ fn run(cli: Cli) -> lamina::Result<()> {
             let path = match model {
                 FetchModel::Smollm2 => lamina::fetch::default_model()?,
                 FetchModel::Qwen25_05b => lamina::fetch::qwen25_05b()?,
+                FetchModel::Qwen25_15b => lamina::fetch::qwen25_15b()?,
             };
             println!("{}", path.display());
             Ok(())
@@ -654,10 +659,7 @@ fn run(cli: Cli) -> lamina::Result<()> {
 }
 
 fn resolve(model: Option<&Path>) -> lamina::Result<PathBuf> {
-    match model {
-        Some(p) => Ok(p.to_path_buf()),
-        None => lamina::fetch::default_model(),
-    }
+    lamina::fetch::resolve(model)
 }
 
 fn write_logits(path: &Path, ids: &[u32], logits: &[f32], vocab: usize) -> lamina::Result<()> {
