@@ -10,9 +10,8 @@ lib="$root/target/release"
 # The chroot has its own HOME, so the default model is fetched on the host (cached, as
 # `lamina fetch` does) and named by path.
 export LAMINA_CLI=${LAMINA_CLI:-$lib/lamina}
-model=${LAMINA_TEST_MODEL:-$("$LAMINA_CLI" fetch)}
-"$root/.ci/in-swift-root" "$(dirname "$(realpath "$model")")" true
+model=$(realpath "${LAMINA_TEST_MODEL:-$("$LAMINA_CLI" fetch)}")
 export LAMINA_TEST_MODEL="$model"
 export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-"$root/.ci/in-swift-root" "$root" \
+"$root/.ci/in-swift-root" --bind "$(dirname "$model")" "$root" \
   "cd bindings/swift && swift test -Xlinker -L$lib -Xlinker -rpath -Xlinker $lib"
