@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::ThreadId;
 use std::time::Instant;
 
 use lamina::adapter::LoraWeights;
@@ -59,10 +60,24 @@ pub enum LaminaError {
     Listener(String),
 }
 
-/// What a listener's exception (one that is not a `LaminaError`) becomes.
-impl From<uniffi::UnexpectedUniFFICallbackError> for LaminaError {
+/// What a listener throws, as the bindings see it: any exception of the app's (a
+/// `LaminaError` from another engine included) arrives as `Failed` with its text. It is not
+/// flat, so the foreign side can hand it back; the call then throws `LaminaError.Listener`.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum ListenerError {
+    #[error("the listener threw: {reason}")]
+    Failed { reason: String },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for ListenerError {
     fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
-        LaminaError::Listener(format!("the listener threw: {}", e.reason))
+        ListenerError::Failed { reason: e.reason }
+    }
+}
+
+impl From<ListenerError> for LaminaError {
+    fn from(e: ListenerError) -> Self {
+        LaminaError::Listener(e.to_string())
     }
 }
 
@@ -207,7 +222,7 @@ pub struct ChatMessage {
 pub trait TokenListener: Send + Sync {
     /// A new piece of text; return false to stop the generation here. An exception stops
     /// it too, and the call throws `LaminaError.Listener` with the exception's text.
-    fn on_token(&self, piece: String) -> Result<bool, LaminaError>;
+    fn on_token(&self, piece: String) -> Result<bool, ListenerError>;
 }
 
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -391,7 +406,7 @@ pub trait TrainListener: Send + Sync {
     /// Return false to stop the run after this step; the call then returns a report with
     /// `cancelled` set (and the adapter trained so far). An exception stops it too, and the
     /// call throws `LaminaError.Listener` with the exception's text.
-    fn on_event(&self, event: TrainEvent) -> Result<bool, LaminaError>;
+    fn on_event(&self, event: TrainEvent) -> Result<bool, ListenerError>;
 }
 
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -440,10 +455,14 @@ pub struct DeviceInfo {
 #[derive(uniffi::Object)]
 pub struct Engine {
     inner: Mutex<State>,
-    /// `cancel()` was called during the running call.
-    cancelled: AtomicBool,
-    /// The running call's stop flag, which `cancel()` sets without waiting for `inner`.
-    running: Mutex<Option<Arc<AtomicBool>>>,
+    /// The thread holding `inner`, so that a listener calling back into the engine from
+    /// that thread gets an error instead of waiting on itself forever.
+    holder: Mutex<Option<ThreadId>>,
+    /// Every call in flight (running or waiting for `inner`): what `cancel()` stops.
+    calls: Mutex<Vec<Arc<CallFlags>>>,
+    /// For `device_info` and `model_name`, which never wait for a running call.
+    gpu: Arc<lamina::gpu::Gpu>,
+    model_name: String,
 }
 
 struct State {
@@ -461,28 +480,75 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Marks a call as running for `cancel()`, and unmarks it when dropped.
-struct Running<'a> {
-    engine: &'a Engine,
-    flag: Arc<AtomicBool>,
+/// One call's flags: `stop` is what the core polls (set by `cancel()` or by a listener that
+/// returns false); `cancelled` says that `cancel()` set it.
+#[derive(Default)]
+struct CallFlags {
+    stop: Arc<AtomicBool>,
+    cancelled: AtomicBool,
 }
 
-impl<'a> Running<'a> {
-    fn start(engine: &'a Engine) -> Running<'a> {
-        let flag = Arc::new(AtomicBool::new(false));
-        engine.cancelled.store(false, Ordering::SeqCst);
-        *lock(&engine.running) = Some(flag.clone());
-        Running { engine, flag }
+/// A call in flight, registered for `cancel()` from before it waits for the engine until it
+/// returns.
+struct Call<'a> {
+    engine: &'a Engine,
+    flags: Arc<CallFlags>,
+}
+
+impl<'a> Call<'a> {
+    fn start(engine: &'a Engine) -> Call<'a> {
+        let flags = Arc::new(CallFlags::default());
+        lock(&engine.calls).push(flags.clone());
+        Call { engine, flags }
+    }
+
+    fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.flags.stop.clone()
     }
 
     fn cancelled(&self) -> bool {
-        self.engine.cancelled.load(Ordering::SeqCst)
+        self.flags.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// `Cancelled` if `cancel()` came while this call waited or prepared.
+    fn check(&self, what: &str) -> Result<(), LaminaError> {
+        if self.cancelled() {
+            return Err(LaminaError::Cancelled(format!(
+                "{what} cancelled before it started"
+            )));
+        }
+        Ok(())
     }
 }
 
-impl Drop for Running<'_> {
+impl Drop for Call<'_> {
     fn drop(&mut self) {
-        *lock(&self.engine.running) = None;
+        lock(&self.engine.calls).retain(|f| !Arc::ptr_eq(f, &self.flags));
+    }
+}
+
+/// The engine's state, held by this thread until dropped.
+struct Held<'a> {
+    guard: MutexGuard<'a, State>,
+    holder: &'a Mutex<Option<ThreadId>>,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        *lock(self.holder) = None;
     }
 }
 
@@ -491,8 +557,23 @@ fn u32_of(n: usize) -> u32 {
 }
 
 impl Engine {
-    fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.inner)
+    /// Waits for the engine. A listener that calls back into the engine (on the thread
+    /// running its call) gets `InvalidArgument` at once: waiting would never end.
+    fn state(&self) -> Result<Held<'_>, LaminaError> {
+        let me = std::thread::current().id();
+        if *lock(&self.holder) == Some(me) {
+            return Err(LaminaError::InvalidArgument(
+                "the engine was called from inside one of its own listeners; only cancel(), \
+                 device_info() and model_name() may be"
+                    .into(),
+            ));
+        }
+        let guard = lock(&self.inner);
+        *lock(&self.holder) = Some(me);
+        Ok(Held {
+            guard,
+            holder: &self.holder,
+        })
     }
 
     fn run_generation(
@@ -501,8 +582,9 @@ impl Engine {
         params: GenerateParams,
         listener: Option<Arc<dyn TokenListener>>,
     ) -> Result<Generation, LaminaError> {
-        let mut state = self.state();
-        let running = Running::start(self);
+        let call = Call::start(self);
+        let mut state = self.state()?;
+        call.check("generation")?;
         let core = CoreParams {
             max_tokens: params.max_tokens as usize,
             sampling: SamplingParams {
@@ -515,16 +597,24 @@ impl Engine {
                 seed: params.seed,
             },
             stop: params.stop,
-            cancel: Some(running.flag.clone()),
+            cancel: Some(call.stop_flag()),
             ignore_eos: false,
         };
+        // Once the listener has stopped the generation or thrown, it is not called again
+        // (the core still flushes held-back text).
         let mut thrown = None;
-        let mut on_text = |piece: &str| match &listener {
-            Some(l) => l.on_token(piece.to_string()).unwrap_or_else(|e| {
-                thrown = Some(e);
+        let mut stopped = false;
+        let mut on_text = |piece: &str| {
+            let Some(l) = &listener else { return true };
+            if stopped {
+                return false;
+            }
+            let go_on = l.on_token(piece.to_string()).unwrap_or_else(|e| {
+                thrown.get_or_insert(LaminaError::from(e));
                 false
-            }),
-            None => true,
+            });
+            stopped = !go_on;
+            go_on
         };
         let g = match prompt {
             Prompt::Text(p) => state.engine.generate(&p, &core, &mut on_text),
@@ -534,10 +624,10 @@ impl Engine {
         if let Some(e) = thrown {
             return Err(e);
         }
-        if running.cancelled() {
+        if g.stop_reason == CoreStop::Cancelled && call.cancelled() {
             return Err(LaminaError::Cancelled(format!(
                 "generation cancelled after {} tokens",
-                g.timings.decode_tokens
+                g.tokens.len()
             )));
         }
         let t = &g.timings;
@@ -645,12 +735,21 @@ impl Engine {
         let path = lamina::fetch::resolve(model_path.as_deref().map(Path::new)).map_err(|e| {
             LaminaError::ModelNotFound(format!("the model could not be fetched: {e}"))
         })?;
+        if options.context_length < 2 {
+            return Err(LaminaError::InvalidArgument(format!(
+                "context_length {} (at least 2)",
+                options.context_length
+            )));
+        }
+        // The defaults honour LAMINA_NO_F16, LAMINA_NO_SUBGROUPS and LAMINA_GPU_KERNELS, as
+        // the command line does.
         let fallback = options.force_fallback_shaders;
+        let defaults = GpuOptions::default();
         let opts = lamina::engine::EngineOptions {
             gpu: GpuOptions {
-                allow_f16: !fallback,
-                allow_subgroups: !fallback,
-                allow_cpu_kernels: !fallback,
+                allow_f16: defaults.allow_f16 && !fallback,
+                allow_subgroups: defaults.allow_subgroups && !fallback,
+                allow_cpu_kernels: defaults.allow_cpu_kernels && !fallback,
             },
             model: ModelOptions {
                 context: options.context_length,
@@ -661,14 +760,16 @@ impl Engine {
         let engine = lamina::engine::Engine::load(Some(&path), opts)
             .map_err(|e| error(e, Doing::LoadModel))?;
         Ok(Arc::new(Engine {
+            gpu: engine.gpu().clone(),
+            model_name: engine.model_name().to_string(),
             inner: Mutex::new(State {
                 engine,
                 adapters: BTreeMap::new(),
                 trained: None,
                 dropout: 0.0,
             }),
-            cancelled: AtomicBool::new(false),
-            running: Mutex::new(None),
+            holder: Mutex::new(None),
+            calls: Mutex::new(Vec::new()),
         }))
     }
 
@@ -709,7 +810,7 @@ impl Engine {
         labels: Vec<String>,
         template: String,
     ) -> Result<Vec<LabelScore>, LaminaError> {
-        let mut state = self.state();
+        let mut state = self.state()?;
         let scores = state
             .engine
             .classify(&text, &labels, &template)
@@ -735,22 +836,25 @@ impl Engine {
         config: TrainConfig,
         listener: Option<Arc<dyn TrainListener>>,
     ) -> Result<TrainReport, LaminaError> {
-        let mut state = self.state();
-        let running = Running::start(self);
+        let call = Call::start(self);
+        let mut state = self.state()?;
         let core = config.core();
         core.validate().map_err(|e| error(e, Doing::Other))?;
         let data = dataset(&data, state.engine.tokenizer(), config.max_length)?;
+        // A cancel during the waiting or the tokenizing stops here, before a step (and a
+        // checkpoint over an earlier run's) is made.
+        call.check("fine-tuning")?;
         let run = RunOptions {
             checkpoint_dir: config.checkpoint_dir.as_ref().map(PathBuf::from),
             resume: config.resume,
-            cancel: Some(running.flag.clone()),
+            cancel: Some(call.stop_flag()),
         };
         let start = Instant::now();
         let mut train_examples = 0;
         let mut validation_examples = 0;
         let mut tokens_per_sec = 0.0;
         let mut peak = 0;
-        let stop = running.flag.clone();
+        let stop = call.stop_flag();
         let mut thrown = None;
         let mut on_event = |event: &lamina::finetune::TrainEvent| {
             use lamina::finetune::TrainEvent as E;
@@ -797,13 +901,14 @@ impl Engine {
                     cancelled: *cancelled,
                 },
             };
-            if let Some(l) = &listener {
+            // A listener that threw is not called again.
+            if let (Some(l), None) = (&listener, &thrown) {
                 match l.on_event(out) {
                     Ok(true) => {}
                     Ok(false) => stop.store(true, Ordering::SeqCst),
                     Err(e) => {
                         stop.store(true, Ordering::SeqCst);
-                        thrown.get_or_insert(e);
+                        thrown = Some(LaminaError::from(e));
                     }
                 }
             }
@@ -811,7 +916,7 @@ impl Engine {
         let result = state
             .engine
             .fine_tune(&data, &core, &run, &mut on_event)
-            .map_err(|e| error(e, Doing::ReadData))?;
+            .map_err(|e| error(e, Doing::Other))?;
         state.dropout = core.lora.dropout;
         let steps = result.steps;
         let cancelled = result.cancelled;
@@ -834,7 +939,7 @@ impl Engine {
         if let Some(e) = thrown {
             return Err(e);
         }
-        if running.cancelled() {
+        if cancelled && call.cancelled() {
             let kept = match &config.checkpoint_dir {
                 Some(dir) => format!("; the checkpoint in {dir} is complete"),
                 None => String::new(),
@@ -847,19 +952,20 @@ impl Engine {
         Ok(report)
     }
 
-    /// Stops the call running on another thread (`generate`, `chat` or `fine_tune`) within
-    /// one token or step; that call throws `Cancelled`. Does nothing when no call runs.
+    /// Stops every call in flight on other threads (`generate`, `chat`, `fine_tune`, running
+    /// or waiting for the engine) within one token or step; each throws `Cancelled`. Does
+    /// nothing when no call is in flight, and never waits.
     pub fn cancel(&self) {
-        if let Some(flag) = lock(&self.running).as_ref() {
-            self.cancelled.store(true, Ordering::SeqCst);
-            flag.store(true, Ordering::SeqCst);
+        for call in lock(&self.calls).iter() {
+            call.cancelled.store(true, Ordering::SeqCst);
+            call.stop.store(true, Ordering::SeqCst);
         }
     }
 
     /// Writes the adapter of the last `fine_tune` as a PEFT folder (`adapter_config.json`,
     /// `adapter_model.safetensors`) that Hugging Face PEFT loads.
     pub fn save_adapter(&self, path: String) -> Result<(), LaminaError> {
-        let state = self.state();
+        let state = self.state()?;
         let trained = state.trained.as_ref().ok_or_else(|| {
             LaminaError::InvalidArgument("no adapter to save: run fine_tune first".into())
         })?;
@@ -875,12 +981,19 @@ impl Engine {
     /// Loads a PEFT adapter folder under `name` (replacing one of that name), checking that
     /// it fits this model. It is applied only through `set_adapters`.
     pub fn load_adapter(&self, path: String, name: String) -> Result<(), LaminaError> {
-        if !Path::new(&path).exists() {
+        let dir = Path::new(&path);
+        if !dir.is_dir() {
             return Err(LaminaError::Io(format!(
-                "{path}: no such file or directory"
+                "{path}: not a folder (an adapter is a PEFT folder with adapter_config.json and \
+                 adapter_model.safetensors)"
             )));
         }
-        let mut state = self.state();
+        if !dir.join("adapter_config.json").is_file() {
+            return Err(LaminaError::Io(format!(
+                "{path}: no adapter_config.json (a checkpoint keeps its adapter in {path}/checkpoint)"
+            )));
+        }
+        let mut state = self.state()?;
         let weights =
             LoraWeights::load(Path::new(&path)).map_err(|e| error(e, Doing::LoadAdapter))?;
         weights
@@ -893,7 +1006,7 @@ impl Engine {
     /// Applies these loaded adapters, unmerged and weighted, in place of the ones applied
     /// before; the base model is not reloaded. An empty list returns to the base model.
     pub fn set_adapters(&self, adapters: Vec<AdapterWeight>) -> Result<(), LaminaError> {
-        let mut state = self.state();
+        let mut state = self.state()?;
         let mut chosen = Vec::with_capacity(adapters.len());
         for a in &adapters {
             if !a.scale.is_finite() {
@@ -929,7 +1042,7 @@ impl Engine {
 
     /// Token ids of `text` as a prompt (with the model's BOS where it adds one).
     pub fn tokenize(&self, text: String) -> Result<Vec<u32>, LaminaError> {
-        let state = self.state();
+        let state = self.state()?;
         state
             .engine
             .tokenizer()
@@ -939,8 +1052,7 @@ impl Engine {
 
     /// The device the engine runs on, and the GPU memory it holds now and at most.
     pub fn device_info(&self) -> DeviceInfo {
-        let state = self.state();
-        let gpu = state.engine.gpu();
+        let gpu = &self.gpu;
         let counters = gpu.counters.snapshot();
         DeviceInfo {
             adapter_name: gpu.info.name.clone(),
@@ -955,6 +1067,6 @@ impl Engine {
 
     /// The model's name (its Hugging Face id where known).
     pub fn model_name(&self) -> String {
-        self.state().engine.model_name().to_string()
+        self.model_name.clone()
     }
 }

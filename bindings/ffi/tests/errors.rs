@@ -38,6 +38,13 @@ fn a_corrupt_model_is_invalid_model_and_a_missing_one_not_found() {
     )
     .err();
     assert!(matches!(e, Some(LaminaError::ModelNotFound(_))), "{e:?}");
+    let tiny = EngineOptions {
+        context_length: 0,
+        ..Default::default()
+    };
+    let model = lamina::fetch::default_model().unwrap();
+    let e = Engine::new(Some(model.display().to_string()), tiny).err();
+    assert!(matches!(e, Some(LaminaError::InvalidArgument(_))), "{e:?}");
 }
 
 #[test]
@@ -70,6 +77,14 @@ fn an_adapter_for_another_model_is_adapter_mismatch() {
         .load_adapter(d.join("none").display().to_string(), "x".into())
         .err();
     assert!(matches!(e, Some(LaminaError::Io(_))), "{e:?}");
+    let file = d.join("adapter_model.safetensors");
+    let e = engine()
+        .load_adapter(file.display().to_string(), "x".into())
+        .err();
+    assert!(
+        matches!(&e, Some(LaminaError::Io(m)) if m.contains("not a folder")),
+        "{e:?}"
+    );
     std::fs::write(d.join("adapter_model.safetensors"), b"garbage").unwrap();
     let e = engine()
         .load_adapter(d.display().to_string(), "x".into())

@@ -148,7 +148,7 @@ def test_cancel_from_another_thread(engine):
         except lamina.LaminaError.Cancelled as e:
             result["cancelled"] = str(e)
 
-    t = threading.Thread(target=run)
+    t = threading.Thread(target=run, daemon=True)
     t.start()
     assert started.wait(300)
     asked = time.monotonic()
@@ -214,4 +214,36 @@ def test_a_listener_that_raises_stops_the_call_with_a_typed_error(engine):
         engine.fine_tune(examples(), config, TrainBoom())
     assert "progress bar broke" in str(e.value)
     # The engine still works afterwards.
+    assert engine.generate(PROMPT, greedy(4), None).tokens_generated > 0
+
+
+def test_listeners_may_call_cancel_and_device_info_but_not_the_engine_itself(engine):
+    seen = {}
+
+    class Reenter(lamina.TokenListener):
+        def on_token(self, piece):
+            seen["info"] = engine.device_info()
+            engine.tokenize("again")  # would wait on itself forever: an error instead
+            return True
+
+    with pytest.raises(lamina.LaminaError.Listener) as e:
+        engine.generate(PROMPT, greedy(4), Reenter())
+    assert "inside one of its own listeners" in str(e.value)
+    assert seen["info"].peak_bytes > 0
+
+    class RaisesLaminaError(lamina.TokenListener):
+        def on_token(self, piece):
+            raise lamina.LaminaError.Cancelled("the app's own error")
+
+    with pytest.raises(lamina.LaminaError.Listener) as e:
+        engine.generate(PROMPT, greedy(4), RaisesLaminaError())
+    assert "the app's own error" in str(e.value)
+
+    class CancelsItself(lamina.TokenListener):
+        def on_token(self, piece):
+            engine.cancel()
+            return True
+
+    with pytest.raises(lamina.LaminaError.Cancelled):
+        engine.generate(PROMPT, greedy(16), CancelsItself())
     assert engine.generate(PROMPT, greedy(4), None).tokens_generated > 0

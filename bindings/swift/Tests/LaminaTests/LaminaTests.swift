@@ -127,6 +127,9 @@ final class LaminaTests: XCTestCase {
 
         let p = template.replacingOccurrences(of: "{text}", with: "Stale, and it tasted of cardboard.")
         let base = try shared.generate(prompt: p, params: greedy(8), listener: nil)
+        let labels = ["positive", "negative"]
+        let baseScores = try shared.classify(
+            text: "Stale, and it tasted of cardboard.", labels: labels, template: template)
         let dir = FileManager.default.temporaryDirectory
             .appendingPathComponent("lamina-adapter-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -136,6 +139,9 @@ final class LaminaTests: XCTestCase {
         try shared.setAdapters(adapters: [AdapterWeight(name: "reviews", scale: 1)])
         let tuned = try shared.generate(prompt: p, params: greedy(8), listener: nil)
         XCTAssertNotEqual(base.text, tuned.text)
+        let tunedScores = try shared.classify(
+            text: "Stale, and it tasted of cardboard.", labels: labels, template: template)
+        XCTAssertGreaterThan(abs(tunedScores[0].probability - baseScores[0].probability), 1e-3)
         try shared.clearAdapters()
         XCTAssertEqual(try shared.generate(prompt: p, params: greedy(8), listener: nil).text, base.text)
     }

@@ -129,6 +129,8 @@ class LaminaTest {
         val text = "Stale, and it tasted of cardboard."
         val prompt = TEMPLATE.replace("{text}", text)
         val base = engine.generate(prompt, greedy(8), null)
+        val labels = listOf("positive", "negative")
+        val baseScores = engine.classify(text, labels, TEMPLATE)
         val dir = Files.createTempDirectory("lamina-adapter").toFile()
         try {
             engine.saveAdapter(dir.path)
@@ -140,6 +142,8 @@ class LaminaTest {
         engine.setAdapters(listOf(AdapterWeight("reviews", 1.0f)))
         val tuned = engine.generate(prompt, greedy(8), null)
         assertNotEquals(base.text, tuned.text)
+        val tunedScores = engine.classify(text, labels, TEMPLATE)
+        assertTrue(kotlin.math.abs(tunedScores[0].probability - baseScores[0].probability) > 1e-3)
         engine.clearAdapters()
         assertEquals(base.text, engine.generate(prompt, greedy(8), null).text)
     }
