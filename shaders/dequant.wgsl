@@ -1,9 +1,15 @@
 // Dequantization of one 32-element chunk of a weight row, shared by every kernel that reads
-// quantized weights. The including kernel declares `W: array<u32>` (blocks in the GPU layout of
-// src/quant.rs: f16 scale word(s) first) and sets WTYPE to the ggml type id. WTYPE is an override
-// constant, so the pipeline compiler folds the switch away: one kernel per weight type.
+// quantized weights. The including kernel declares `W: array<vec4<u32>>` in the GPU layout of
+// src/quant.rs (`to_gpu_layout`): each row holds the quants of all its blocks as whole 16-byte
+// vectors, then the blocks' scale words, padded to a vector. Quants are read with wide loads:
+// on CPU-class devices a non-uniform load costs per component and lane, so one vec4 costs about
+// what one u32 does, and on GPUs 16-byte loads coalesce. WTYPE (the ggml type id) and the
+// shape constants are overrides, so the pipeline compiler folds the switch: one kernel per type.
 
 override WTYPE: u32;
+override SUBS: u32;       // 32-element chunks per block (1, or 8 for k-quants)
+override QV: u32;         // vec4s of quants per block
+override SCALES_X2: u32;  // scale words per two blocks
 
 const T_F32: u32 = 0u;
 const T_F16: u32 = 1u;
@@ -31,11 +37,47 @@ fn byte_of(word: u32, i: u32) -> u32 {
     return (word >> (8u * i)) & 0xFFu;
 }
 
-// Q4_K: 6-bit scale and min of sub-block j from the 12 scale bytes at W[b + 1 .. b + 4].
-fn k4_scale_min(b: u32, j: u32) -> vec2<f32> {
-    let s0 = W[b + 1u];
-    let s1 = W[b + 2u];
-    let s2 = W[b + 3u];
+// One weight row: its first vec4 and its number of blocks.
+struct WRow {
+    base: u32,
+    blocks: u32,
+}
+
+// vec4s per row of k values; the same formula as GgmlType::gpu_row_vec4s.
+fn row_vec4s(k: u32) -> u32 {
+    let nb = k / (32u * SUBS);
+    return nb * QV + ((nb * SCALES_X2 + 1u) / 2u + 3u) / 4u;
+}
+
+// Row n of a matrix whose rows hold k values.
+fn wrow(n: u32, k: u32) -> WRow {
+    return WRow(n * row_vec4s(k), k / (32u * SUBS));
+}
+
+// Word w of the row's scale region.
+// (W[a][b] compiles to a scalar load: llvmpipe pays per 32-bit component loaded, so a scale
+// word is loaded alone.)
+fn scale_word(r: WRow, w: u32) -> u32 {
+    return W[r.base + r.blocks * QV + w / 4u][w % 4u];
+}
+
+// Word i % 4 of the quant vector at a. The vector is loaded whole (a let of the load, then an
+// index): the chunk uses all of it, and one 16-byte load is what GPUs coalesce best.
+fn qword(a: u32, i: u32) -> u32 {
+    let v = W[a];
+    return v[i % 4u];
+}
+
+// f16 scale h of the row's scale region (two to a word).
+fn scale_half(r: WRow, h: u32) -> f32 {
+    return unpack2x16float(scale_word(r, h / 2u))[h % 2u];
+}
+
+// Q4_K: 6-bit scale and min of sub-block j from the 12 scale bytes in sv.yzw.
+fn k4_scale_min(sv: vec4<u32>, j: u32) -> vec2<f32> {
+    let s0 = sv.y;
+    let s1 = sv.z;
+    let s2 = sv.w;
     var sc: u32;
     var mn: u32;
     if (j < 4u) {
@@ -49,55 +91,56 @@ fn k4_scale_min(b: u32, j: u32) -> vec2<f32> {
     return vec2<f32>(f32(sc), f32(mn));
 }
 
-// Values 4i .. 4i+3 of chunk `sub` (32 values) of the block starting at word `b`.
+// Values 4i .. 4i+3 of chunk `sub` (32 values) of block j of row r.
 // Returning one vec4 (not the chunk as an array) keeps everything in registers on compilers
-// that do not promote local arrays (llvmpipe among them); the per-chunk scale loads repeat
-// but are common subexpressions once inlined and unrolled.
-fn dq4(b: u32, sub: u32, i: u32) -> vec4<f32> {
+// that do not promote local arrays (llvmpipe among them); the loads of one chunk's vec4s and
+// scales repeat across i but are common subexpressions once inlined and unrolled.
+fn dq4(r: WRow, j: u32, sub: u32, i: u32) -> vec4<f32> {
+    let q = r.base + j * QV;
     switch WTYPE {
-        case 0u: { // F32: 32 words per "block"
-            let o = b + 4u * i;
-            return bitcast<vec4<f32>>(vec4<u32>(W[o], W[o + 1u], W[o + 2u], W[o + 3u]));
+        case 0u: { // F32: 8 vec4s per 32 values
+            return bitcast<vec4<f32>>(W[q + i]);
         }
-        case 1u: { // F16: 16 words
-            return vec4<f32>(unpack2x16float(W[b + 2u * i]), unpack2x16float(W[b + 2u * i + 1u]));
+        case 1u: { // F16: 4 vec4s
+            let v = W[q + i / 2u];
+            let h = select(v.xy, v.zw, (i & 1u) == 1u);
+            return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
         }
-        case 2u: { // Q4_0: d | 4 words of nibbles (low = elements 0..15, high = 16..31)
-            let d = unpack2x16float(W[b]).x;
-            return (nibbles(W[b + 1u + (i & 3u)], i >= 4u) - 8.0) * d;
+        case 2u: { // Q4_0: nibbles (low = elements 0..15, high = 16..31) | d, two to a word
+            return (nibbles(qword(q, i), i >= 4u) - 8.0) * scale_half(r, j);
         }
-        case 3u: { // Q4_1: d, m | nibbles
-            let dm = unpack2x16float(W[b]);
-            return nibbles(W[b + 1u + (i & 3u)], i >= 4u) * dm.x + dm.y;
+        case 3u: { // Q4_1: nibbles | (d, m)
+            let dm = unpack2x16float(scale_word(r, j));
+            return nibbles(qword(q, i), i >= 4u) * dm.x + dm.y;
         }
-        case 6u: { // Q5_0: d | qh (bit j = 5th bit of element j) | nibbles
-            let d = unpack2x16float(W[b]).x;
-            let qh = W[b + 1u];
-            let w = W[b + 2u + (i & 3u)];
+        case 6u: { // Q5_0: nibbles | d, qh (bit e = 5th bit of element e)
+            let d = unpack2x16float(scale_word(r, 2u * j)).x;
+            let qh = scale_word(r, 2u * j + 1u);
             let sh = vec4<u32>(0u, 1u, 2u, 3u) + 4u * i;
             let h = vec4<f32>(((vec4<u32>(qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
-            return (nibbles(w, i >= 4u) + h - 16.0) * d;
+            return (nibbles(qword(q, i), i >= 4u) + h - 16.0) * d;
         }
-        case 8u: { // Q8_0: d | 8 words of int8
-            return bytes_i8(W[b + 1u + i]) * unpack2x16float(W[b]).x;
+        case 8u: { // Q8_0: 2 vec4s of int8 | d, two to a word
+            return bytes_i8(qword(q + i / 4u, i)) * scale_half(r, j);
         }
-        case 12u: { // Q4_K: d, dmin | 3 words of packed 6-bit scales | 32 words of nibbles
-            let dm = unpack2x16float(W[b]);
-            let sm = k4_scale_min(b, sub);
-            let w = W[b + 4u + 8u * (sub / 2u) + i];
+        case 12u: { // Q4_K: 8 vec4s of nibbles | one vec4: (d, dmin), 12 bytes of 6-bit scales
+            let sv = W[r.base + r.blocks * 8u + j];
+            let dm = unpack2x16float(sv.x);
+            let sm = k4_scale_min(sv, sub);
+            let w = qword(q + 2u * (sub / 2u) + i / 4u, i);
             return nibbles(w, (sub & 1u) == 1u) * (dm.x * sm.x) - dm.y * sm.y;
         }
-        case 14u: { // Q6_K: d | ql (32 words) | qh (16 words) | int8 scales (4 words)
-            let d = unpack2x16float(W[b]).x;
+        case 14u: { // Q6_K: ql (8 vec4s), qh (4), int8 scales (1) | d
+            let d = unpack2x16float(scale_word(r, j)).x;
             let h = sub / 4u;
             let k = sub % 4u;
-            let sw = W[b + 49u + 2u * h + (k / 2u)];
+            let sw = qword(q + 12u, 2u * h + (k / 2u));
             // Scales h*8 + 2k + (0 | 1): the two 16-element halves of this chunk.
             let shift = 24u - 16u * (k & 1u) - 8u * (i / 4u);
             let s = f32(bitcast<i32>(sw << shift) >> 24u);
-            let lw = W[b + 1u + 16u * h + 8u * (k & 1u) + i];
+            let lw = qword(q + 4u * h + 2u * (k & 1u) + i / 4u, i);
             let lo = nibbles(lw, k >= 2u);
-            let hw = W[b + 33u + 8u * h + i] >> (2u * k);
+            let hw = qword(q + 8u + 2u * h + i / 4u, i) >> (2u * k);
             let hb = vec4<f32>(vec4<u32>(hw, hw >> 8u, hw >> 16u, hw >> 24u) & vec4<u32>(3u));
             return (lo + hb * 16.0 - 32.0) * (d * s);
         }
@@ -105,4 +148,12 @@ fn dq4(b: u32, sub: u32, i: u32) -> vec4<f32> {
             return vec4<f32>(0.0);
         }
     }
+}
+
+// The 32 values of chunk `sub` of block j of row r, written out (each vec4 and scale loaded
+// once after inlining; a loop would keep the chunk in slow scratch memory on llvmpipe).
+fn dq_chunk(r: WRow, j: u32, sub: u32) -> array<vec4<f32>, 8> {
+    return array<vec4<f32>, 8>(dq4(r, j, sub, 0u), dq4(r, j, sub, 1u), dq4(r, j, sub, 2u),
+        dq4(r, j, sub, 3u), dq4(r, j, sub, 4u), dq4(r, j, sub, 5u), dq4(r, j, sub, 6u),
+        dq4(r, j, sub, 7u));
 }

@@ -3,8 +3,6 @@
 
 #include dequant
 
-override BLOCK_WORDS: u32;
-override SUBS: u32;
 
 struct Params {
     d: u32,          // row length
@@ -14,7 +12,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(1) var<storage, read> W: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> TOKENS: array<u32>;
 @group(0) @binding(3) var<storage, read_write> Y: array<vec4<f32>>;
 
@@ -31,10 +29,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (tok < p.row0 || tok >= p.row0 + p.rows) {
         return;
     }
-    let row = (tok - p.row0) * (chunks / SUBS) * BLOCK_WORDS;
-    let b = row + (c / SUBS) * BLOCK_WORDS;
+    let r = wrow(tok - p.row0, p.d);
     let o = t * (p.d / 4u) + c * 8u;
     for (var i = 0u; i < 8u; i++) {
-        Y[o + i] = dq4(b, c % SUBS, i);
+        Y[o + i] = dq4(r, c / SUBS, c % SUBS, i);
     }
 }

@@ -9,8 +9,6 @@
 
 #include dequant
 
-override BLOCK_WORDS: u32;
-override SUBS: u32;            // 32-element chunks per block (1, or 8 for k-quants)
 override TB: u32 = 1u;         // tokens per invocation, at most MAX_TB
 override RB: u32 = 1u;         // rows per invocation (per subgroup); TB * RB <= MAX_ACC
 override SWIGLU_INPUT: bool = false;
@@ -36,7 +34,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(1) var<storage, read> W: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(4) var<storage, read> BIAS: array<f32>;
@@ -55,8 +53,7 @@ fn load_x(t: u32, k4: u32) -> vec4<f32> {
 // of the block to acc[r * TB + tb]. Each X vec4 is loaded once for all RB rows and each
 // weight vec4 once for all TB tokens: loads are what software devices pay for most.
 fn chunk_dot(n0: u32, c: u32, t0: u32, acc: ptr<function, array<f32, MAX_ACC>>) {
-    let row_words = (p.k / 32u / SUBS) * BLOCK_WORDS;
-    let blk = (c / SUBS) * BLOCK_WORDS;
+    let j = c / SUBS;
     let sub = c % SUBS;
     for (var i = 0u; i < 8u; i++) {
         var xs: array<vec4<f32>, MAX_TB>;
@@ -65,7 +62,7 @@ fn chunk_dot(n0: u32, c: u32, t0: u32, acc: ptr<function, array<f32, MAX_ACC>>) 
         }
         for (var r = 0u; r < RB; r++) {
             let n = min(n0 + r, p.n - 1u);
-            let w = dq4(n * row_words + blk, sub, i);
+            let w = dq4(wrow(n, p.k), j, sub, i);
             for (var tb = 0u; tb < TB; tb++) {
                 (*acc)[r * TB + tb] += dot(w, xs[tb]);
             }
@@ -101,12 +98,6 @@ fn store(n0: u32, t0: u32, acc: array<f32, MAX_ACC>) {
 // The XBCAST path is written out without loops over the chunk's 8 vec4s, tokens or rows:
 // llvmpipe does not unroll loops this large, and a loop keeps arrays in slow scratch memory.
 
-// The 32 values of chunk `sub` of the block at word b.
-fn dq_chunk(b: u32, sub: u32) -> array<vec4<f32>, 8> {
-    return array<vec4<f32>, 8>(dq4(b, sub, 0u), dq4(b, sub, 1u), dq4(b, sub, 2u), dq4(b, sub, 3u),
-        dq4(b, sub, 4u), dq4(b, sub, 5u), dq4(b, sub, 6u), dq4(b, sub, 7u));
-}
-
 // w . x for a chunk whose X is spread over the subgroup: lane i holds x's vec4 i.
 fn dot_bcast(xl: vec4<f32>, w: array<vec4<f32>, 8>) -> f32 {
     return dot(w[0], subgroupBroadcast(xl, 0u)) + dot(w[1], subgroupBroadcast(xl, 1u))
@@ -126,16 +117,15 @@ fn dot_bcast4(x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>,
 // skipped), and lane l8 loads vec4 l8 of each chunk of X.
 fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
     let chunks = p.k / 32u;
-    let row_words = (chunks / SUBS) * BLOCK_WORDS;
     let last = p.t - 1u;
-    let ra = min(n0, p.n - 1u) * row_words;
-    let rb = min(n0 + 1u, p.n - 1u) * row_words;
+    let ra = wrow(min(n0, p.n - 1u), p.k);
+    let rb = wrow(min(n0 + 1u, p.n - 1u), p.k);
     var a0 = vec4<f32>(0.0); // row n0, tokens 0..4
     var a1 = vec4<f32>(0.0); // row n0, tokens 4..8
     var b0 = vec4<f32>(0.0); // row n0 + 1
     var b1 = vec4<f32>(0.0);
     for (var c = 0u; c < chunks; c++) {
-        let blk = (c / SUBS) * BLOCK_WORDS;
+        let j = c / SUBS;
         let sub = c % SUBS;
         let k4 = c * 8u + l8;
         let x0 = load_x(t0, k4);
@@ -157,7 +147,7 @@ fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
             x6 = load_x(min(t0 + 6u, last), k4);
             x7 = load_x(min(t0 + 7u, last), k4);
         }
-        let w = dq_chunk(ra + blk, sub);
+        let w = dq_chunk(ra, j, sub);
         if (TB == 1u) {
             a0.x += dot_bcast(x0, w);
         } else {
@@ -167,7 +157,7 @@ fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
             a1 += dot_bcast4(x4, x5, x6, x7, w);
         }
         if (RB > 1u) {
-            let v = dq_chunk(rb + blk, sub);
+            let v = dq_chunk(rb, j, sub);
             if (TB == 1u) {
                 b0.x += dot_bcast(x0, v);
             } else {

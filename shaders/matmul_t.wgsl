@@ -5,8 +5,6 @@
 
 #include dequant
 
-override BLOCK_WORDS: u32;
-override SUBS: u32;
 override ACCUMULATE: bool = false;
 override TB: u32 = 4u;         // tokens per invocation: 1 or 4
 
@@ -22,7 +20,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(1) var<storage, read> W: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> DY: array<f32>;
 @group(0) @binding(3) var<storage, read_write> DX: array<vec4<f32>>;
 
@@ -35,13 +33,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (t0 >= p.t) {
         return;
     }
-    let row_words = (chunks / SUBS) * BLOCK_WORDS;
-    let blk = (c / SUBS) * BLOCK_WORDS;
+    let j = c / SUBS;
     let sub = c % SUBS;
-    // [token in block][8 vec4s of the chunk]. llvmpipe caps the loop iterations of one
-    // invocation at 65535 in total (longer work is silently cut off), so the caller splits W's
-    // rows into slices that stay well under it, and the token loop is written out.
-    var acc: array<vec4<f32>, 32>;
+    // One array of the chunk's 8 vec4 sums per token, indexed only by constants (the chunk is
+    // written out, not looped over), so they stay in registers. llvmpipe caps the loop
+    // iterations of one invocation at 65535 in total (longer work is silently cut off), so the
+    // caller splits W's rows into slices that stay well under it.
+    var a0: array<vec4<f32>, 8>;
+    var a1: array<vec4<f32>, 8>;
+    var a2: array<vec4<f32>, 8>;
+    var a3: array<vec4<f32>, 8>;
     let last = p.t - 1u;
     for (var n = 0u; n < p.n; n++) {
         let col = p.dy_col + p.w_row0 + n;
@@ -51,29 +52,45 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             g.z = DY[min(t0 + 2u, last) * p.dy_stride + col];
             g.w = DY[min(t0 + 3u, last) * p.dy_stride + col];
         }
-        let b = (p.w_row0 + n) * row_words + blk;
-        for (var i = 0u; i < 8u; i++) {
-            let w = dq4(b, sub, i);
-            acc[i] += g.x * w;
-            if (TB == 4u) {
-                acc[8u + i] += g.y * w;
-                acc[16u + i] += g.z * w;
-                acc[24u + i] += g.w * w;
-            }
+        let w = dq_chunk(wrow(p.w_row0 + n, p.k), j, sub);
+        axpy8(&a0, g.x, w);
+        if (TB == 4u) {
+            axpy8(&a1, g.y, w);
+            axpy8(&a2, g.z, w);
+            axpy8(&a3, g.w, w);
         }
     }
-    for (var tb = 0u; tb < TB; tb++) {
-        let t = t0 + tb;
-        if (t >= p.t) {
-            break;
-        }
-        let o = t * p.dx_stride4 + c * 8u;
-        for (var i = 0u; i < 8u; i++) {
-            if (ACCUMULATE) {
-                DX[o + i] += acc[tb * 8u + i];
-            } else {
-                DX[o + i] = acc[tb * 8u + i];
-            }
+    store8(t0, c, a0);
+    if (TB == 4u) {
+        store8(t0 + 1u, c, a1);
+        store8(t0 + 2u, c, a2);
+        store8(t0 + 3u, c, a3);
+    }
+}
+
+// (*a)[i] += g * w[i], written out.
+fn axpy8(a: ptr<function, array<vec4<f32>, 8>>, g: f32, w: array<vec4<f32>, 8>) {
+    (*a)[0] += g * w[0];
+    (*a)[1] += g * w[1];
+    (*a)[2] += g * w[2];
+    (*a)[3] += g * w[3];
+    (*a)[4] += g * w[4];
+    (*a)[5] += g * w[5];
+    (*a)[6] += g * w[6];
+    (*a)[7] += g * w[7];
+}
+
+// Writes (or adds) token t's 32 sums of chunk c.
+fn store8(t: u32, c: u32, a: array<vec4<f32>, 8>) {
+    if (t >= p.t) {
+        return;
+    }
+    let o = t * p.dx_stride4 + c * 8u;
+    for (var i = 0u; i < 8u; i++) {
+        if (ACCUMULATE) {
+            DX[o + i] += a[i];
+        } else {
+            DX[o + i] = a[i];
         }
     }
 }

@@ -134,18 +134,19 @@ impl QMatrix {
                 bytes.len()
             )));
         }
-        let row_words = cols as usize / ty.gpu_block_elems() * ty.gpu_block_words();
-        let max_rows =
-            (gpu.limits.max_storage_buffer_binding_size as usize / (row_words * 4)).max(1);
+        let row_gpu_bytes = ty.gpu_row_vec4s(cols as usize) * 16;
+        let max_rows = (gpu.limits.max_storage_buffer_binding_size as usize / row_gpu_bytes).max(1);
         let mut pieces = Vec::new();
         let mut row0 = 0usize;
         while row0 < rows as usize {
             let n = max_rows.min(rows as usize - row0);
-            let words = quant::to_gpu_layout(ty, &bytes[row0 * row_bytes..(row0 + n) * row_bytes])
-                .map_err(|e| crate::Error::TensorType {
+            let rows_bytes = &bytes[row0 * row_bytes..(row0 + n) * row_bytes];
+            let words = quant::to_gpu_layout(ty, rows_bytes, cols as usize).map_err(|e| {
+                crate::Error::TensorType {
                     tensor: label.into(),
                     source: e,
-                })?;
+                }
+            })?;
             let buf = gpu.storage_init(label, bytemuck::cast_slice(&words))?;
             pieces.push(Piece {
                 row0: row0 as u32,
@@ -169,8 +170,9 @@ impl QMatrix {
     fn constants(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("WTYPE", self.ty.id() as u64),
-            ("BLOCK_WORDS", self.ty.gpu_block_words() as u64),
             ("SUBS", (self.ty.gpu_block_elems() / 32) as u64),
+            ("QV", self.ty.gpu_quant_vec4s() as u64),
+            ("SCALES_X2", self.ty.gpu_scale_words_x2() as u64),
         ]
     }
 }

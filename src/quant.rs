@@ -108,21 +108,42 @@ impl GgmlType {
         matches!(self, F32 | F16 | Q4_0 | Q4_1 | Q5_0 | Q8_0 | Q4_K | Q6_K)
     }
 
-    /// Words per block in the GPU layout ([`to_gpu_layout`]); a block of F32/F16 is treated as 32
-    /// elements so every type is read in 32-element chunks.
-    pub fn gpu_block_words(self) -> usize {
+    /// 16-byte vectors of quants per block in the GPU layout ([`to_gpu_layout`]); a block of
+    /// F32/F16 is treated as 32 elements so every type is read in 32-element chunks.
+    pub fn gpu_quant_vec4s(self) -> usize {
         use GgmlType::*;
         match self {
-            F32 => 32,
-            F16 => 16,
-            Q4_0 => 5,
-            Q4_1 => 5,
-            Q5_0 => 6,
-            Q8_0 => 9,
-            Q4_K => 36,
-            Q6_K => 53,
+            F32 => 8,
+            F16 => 4,
+            Q4_0 | Q4_1 | Q5_0 => 1,
+            Q8_0 => 2,
+            Q4_K => 8,
+            Q6_K => 13, // ql, qh and the int8 sub-block scales
             _ => 0,
         }
+    }
+
+    /// Scale words per two blocks in the GPU layout: Q4_0 and Q8_0 pack two f16 scales in a
+    /// word, Q4_1 has (d, m), Q5_0 d and the 32 fifth bits, Q4_K a whole vec4 (d, dmin and the
+    /// 12 bytes of 6-bit scales), Q6_K its d.
+    pub fn gpu_scale_words_x2(self) -> usize {
+        use GgmlType::*;
+        match self {
+            Q4_0 | Q8_0 => 1,
+            Q4_1 | Q6_K => 2,
+            Q5_0 => 4,
+            Q4_K => 8,
+            _ => 0,
+        }
+    }
+
+    /// 16-byte vectors per row of `cols` values in the GPU layout: the quants of every block,
+    /// then the scale words, padded to a vector. The same formula is `row_vec4s` in
+    /// `shaders/dequant.wgsl`.
+    pub fn gpu_row_vec4s(self, cols: usize) -> usize {
+        let blocks = cols / self.gpu_block_elems();
+        blocks * self.gpu_quant_vec4s()
+            + (blocks * self.gpu_scale_words_x2()).div_ceil(2).div_ceil(4)
     }
 
     /// Elements covered by one GPU block.
@@ -239,44 +260,68 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, UnsupportedTyp
     Ok(out)
 }
 
-/// Re-lays whole blocks for the GPU: each block becomes `gpu_block_words` little-endian words,
-/// the f16 scale(s) first, the quants after, padded to a word.
-pub fn to_gpu_layout(ty: GgmlType, bytes: &[u8]) -> Result<Vec<u32>, UnsupportedType> {
+/// Re-lays whole rows of `cols` values for the GPU, row by row: first the quants of every
+/// block (whole 16-byte vectors, so kernels read them with wide loads, the cheap path on
+/// CPU-class devices and the coalesced one on GPUs), then the f16 scales and other per-block
+/// words, padded to a vector ([`GgmlType::gpu_row_vec4s`] vectors per row).
+pub fn to_gpu_layout(ty: GgmlType, bytes: &[u8], cols: usize) -> Result<Vec<u32>, UnsupportedType> {
     use GgmlType::*;
     if !ty.supported() {
         return Err(UnsupportedType(ty));
     }
-    let words = |b: &[u8]| -> Vec<u32> {
-        b.chunks(4)
-            .map(|c| {
-                let mut w = [0u8; 4];
-                w[..c.len()].copy_from_slice(c);
-                u32::from_le_bytes(w)
-            })
-            .collect()
-    };
-    Ok(match ty {
-        // Already word aligned with the scales first: the file layout is the GPU layout.
-        F32 | F16 | Q4_1 | Q4_K => words(bytes),
-        Q4_0 | Q5_0 | Q8_0 => {
-            let bb = ty.block_bytes();
-            let mut out = Vec::with_capacity(bytes.len() / bb * ty.gpu_block_words());
-            for blk in bytes.chunks_exact(bb) {
-                out.push(u16::from_le_bytes([blk[0], blk[1]]) as u32);
-                out.extend(words(&blk[2..]));
+    let row_bytes = cols / ty.block_size() * ty.block_bytes();
+    let row_words = ty.gpu_row_vec4s(cols) * 4;
+    let le = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
+    let mut out = Vec::with_capacity(bytes.len() / row_bytes.max(1) * row_words);
+    let mut halves: Vec<u16> = Vec::new();
+    for row in bytes.chunks_exact(row_bytes) {
+        let start = out.len();
+        halves.clear();
+        let mut quants = |q: &[u8]| {
+            out.extend(
+                q.chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            )
+        };
+        match ty {
+            F32 | F16 => quants(row),
+            _ => {
+                for blk in row.chunks_exact(ty.block_bytes()) {
+                    match ty {
+                        Q4_0 | Q8_0 => {
+                            halves.push(le(blk));
+                            quants(&blk[2..]);
+                        }
+                        Q4_1 => {
+                            halves.extend([le(blk), le(&blk[2..])]);
+                            quants(&blk[4..]);
+                        }
+                        Q5_0 => {
+                            halves.extend([le(blk), 0, le(&blk[2..]), le(&blk[4..])]);
+                            quants(&blk[6..]);
+                        }
+                        Q4_K => {
+                            halves.extend(blk[..16].chunks_exact(2).map(le));
+                            quants(&blk[16..]);
+                        }
+                        Q6_K => {
+                            halves.extend([le(&blk[208..]), 0]);
+                            quants(&blk[..208]);
+                        }
+                        _ => unreachable!(),
+                    }
+                }
             }
-            out
         }
-        Q6_K => {
-            let mut out = Vec::with_capacity(bytes.len() / 210 * 53);
-            for blk in bytes.chunks_exact(210) {
-                out.push(u16::from_le_bytes([blk[208], blk[209]]) as u32);
-                out.extend(words(&blk[..208]));
-            }
-            out
-        }
-        _ => unreachable!(),
-    })
+        halves.resize(halves.len().div_ceil(8) * 8, 0);
+        out.extend(
+            halves
+                .chunks_exact(2)
+                .map(|h| h[0] as u32 | (h[1] as u32) << 16),
+        );
+        debug_assert_eq!(out.len() - start, row_words);
+    }
+    Ok(out)
 }
 
 /// Quantizes f32 values to a block type; for tests and for building small models.
@@ -512,12 +557,11 @@ mod tests {
             GgmlType::Q6_K,
         ] {
             let q = quantize(ty, &rand_vals(512, 3));
-            let w = to_gpu_layout(ty, &q).unwrap();
-            assert_eq!(
-                w.len(),
-                512 / ty.gpu_block_elems() * ty.gpu_block_words(),
-                "{ty:?}"
-            );
+            // Two rows of 256, or one of 512.
+            for (rows, cols) in [(2, 256), (1, 512)] {
+                let w = to_gpu_layout(ty, &q, cols).unwrap();
+                assert_eq!(w.len(), rows * ty.gpu_row_vec4s(cols) * 4, "{ty:?}");
+            }
         }
     }
 }
