@@ -16,8 +16,12 @@ const T_F16: u32 = 1u;
 const T_Q4_0: u32 = 2u;
 const T_Q4_1: u32 = 3u;
 const T_Q5_0: u32 = 6u;
+const T_Q5_1: u32 = 7u;
 const T_Q8_0: u32 = 8u;
+const T_Q2_K: u32 = 10u;
+const T_Q3_K: u32 = 11u;
 const T_Q4_K: u32 = 12u;
+const T_Q5_K: u32 = 13u;
 const T_Q6_K: u32 = 14u;
 
 // The low (hi = false) or high nibbles of w's four bytes, without a branch: a branch on a
@@ -120,11 +124,52 @@ fn dq4(r: WRow, j: u32, sub: u32, i: u32) -> vec4<f32> {
             let h = vec4<f32>(((vec4<u32>(qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
             return (nibbles(qword(q, i), i >= 4u) + h - 16.0) * d;
         }
+        case 7u: { // Q5_1: nibbles | (d, m), qh
+            let dm = unpack2x16float(scale_word(r, 2u * j));
+            let qh = scale_word(r, 2u * j + 1u);
+            let sh = vec4<u32>(0u, 1u, 2u, 3u) + 4u * i;
+            let h = vec4<f32>(((vec4<u32>(qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
+            return (nibbles(qword(q, i), i >= 4u) + h) * dm.x + dm.y;
+        }
+        case 10u: { // Q2_K: 2-bit values (4 vec4s), 16 scale/min bytes (1) | (d, dmin)
+            // Chunk sub: half sub / 4 (its 32 bytes), bit pair sub % 4; scale bytes
+            // 8 * half + 2 * pair + (first or second 16 values).
+            let dm = unpack2x16float(scale_word(r, j));
+            let si = 8u * (sub / 4u) + 2u * (sub % 4u) + i / 4u;
+            let sc = byte_of(qword(q + 4u, si / 4u), si % 4u);
+            let w = qword(q + 2u * (sub / 4u) + i / 4u, i) >> (2u * (sub % 4u));
+            let v = vec4<f32>(vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) & vec4<u32>(3u));
+            return v * (dm.x * f32(sc & 0xFu)) - dm.y * f32(sc >> 4u);
+        }
+        case 11u: { // Q3_K: hmask (2 vec4s), 2-bit values (4), 12 scale bytes (1) | d
+            let d = unpack2x16float(scale_word(r, j)).x;
+            // Scale s (6 bits, offset 32): low 4 bits in byte (s / 4 % 2) * 4 + s % 4 (nibble
+            // s / 8), high 2 bits in byte 8 + s % 4 at bit 2 * (s / 4).
+            let s = 8u * (sub / 4u) + 2u * (sub % 4u) + i / 4u;
+            let lo = (byte_of(qword(q + 6u, s / 4u % 2u), s % 4u) >> (4u * (s / 8u))) & 0xFu;
+            let hi = (byte_of(qword(q + 6u, 2u), s % 4u) >> (2u * (s / 4u))) & 3u;
+            let sc = f32(i32(lo | (hi << 4u)) - 32);
+            let w = qword(q + 2u + 2u * (sub / 4u) + i / 4u, i) >> (2u * (sub % 4u));
+            let m = qword(q + i / 4u, i) >> sub;
+            let v = vec4<f32>(vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) & vec4<u32>(3u));
+            let hb = vec4<f32>(vec4<u32>(m, m >> 8u, m >> 16u, m >> 24u) & vec4<u32>(1u));
+            // A clear high bit means minus 4.
+            return (v - 4.0 + 4.0 * hb) * (d * sc);
+        }
+        case 13u: { // Q5_K: nibbles (8 vec4s), fifth bits (2) | as Q4_K
+            let sv = W[r.base + r.blocks * QV + j];
+            let dm = unpack2x16float(sv.x);
+            let sm = k4_scale_min(sv, sub);
+            let lw = qword(q + 2u * (sub / 2u) + i / 4u, i);
+            let hw = qword(q + 8u + i / 4u, i) >> sub;
+            let hb = vec4<f32>(vec4<u32>(hw, hw >> 8u, hw >> 16u, hw >> 24u) & vec4<u32>(1u));
+            return (nibbles(lw, (sub & 1u) == 1u) + hb * 16.0) * (dm.x * sm.x) - dm.y * sm.y;
+        }
         case 8u: { // Q8_0: 2 vec4s of int8 | d, two to a word
             return bytes_i8(qword(q + i / 4u, i)) * scale_half(r, j);
         }
         case 12u: { // Q4_K: 8 vec4s of nibbles | one vec4: (d, dmin), 12 bytes of 6-bit scales
-            let sv = W[r.base + r.blocks * 8u + j];
+            let sv = W[r.base + r.blocks * QV + j];
             let dm = unpack2x16float(sv.x);
             let sm = k4_scale_min(sv, sub);
             let w = qword(q + 2u * (sub / 2u) + i / 4u, i);

@@ -56,8 +56,7 @@ fn gguf_name(l: u32, m: usize) -> String {
 
 /// Types `quant::quantize` can write.
 fn can_write(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(ty, F32 | F16 | Q8_0 | Q4_0 | Q5_0 | Q4_1 | Q4_K | Q6_K)
+    ty.supported()
 }
 
 /// Merges `adapters` (each with its weight) into the GGUF model at `src` and writes the result
@@ -160,4 +159,78 @@ pub fn merge_into_gguf(
     let bytes = writer::write(&metadata, &tensors);
     crate::fetch::write_atomic(out, &bytes)?;
     Ok(changed)
+}
+
+/// What [`quantize_gguf`] wrote.
+#[derive(Debug, Default)]
+pub struct QuantizeReport {
+    /// Weight matrices written in the asked type.
+    pub quantized: usize,
+    /// Matrices whose rows do not divide into the type's blocks, written in its fallback.
+    pub fallback: usize,
+    /// Tensors copied as they were (norms, biases: one-dimensional).
+    pub copied: usize,
+    pub bytes: u64,
+}
+
+/// Writes the GGUF model at `src` with every weight matrix re-quantized to `ty` (from the
+/// values the source type holds: quantizing an already quantized file compounds the rounding,
+/// so start from F16/F32 or Q8_0 for the best result), atomically. One-dimensional tensors
+/// (norms, biases) stay as they are; a matrix whose rows are not a multiple of `ty`'s block
+/// gets [`GgmlType::fallback`]. Tokenizer, chat template and all other metadata are kept.
+pub fn quantize_gguf(src: &GgufFile, ty: GgmlType, out: &Path) -> Result<QuantizeReport> {
+    if !ty.supported() {
+        return Err(Error::Invalid(format!("cannot quantize to {ty:?}")));
+    }
+    Config::from_gguf(src)?;
+    let mut report = QuantizeReport::default();
+    let mut tensors = Vec::with_capacity(src.tensors.len());
+    for t in &src.tensors {
+        let bytes = src.tensor_bytes(t);
+        if t.dims.len() < 2 {
+            report.copied += 1;
+            tensors.push(writer::TensorData {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+                bytes: bytes.to_vec(),
+            });
+            continue;
+        }
+        let cols = t.dims[0] as usize;
+        let mut out_ty = ty;
+        if !cols.is_multiple_of(ty.block_size()) {
+            out_ty = ty.fallback();
+            report.fallback += 1;
+        } else {
+            report.quantized += 1;
+        }
+        if !cols.is_multiple_of(out_ty.block_size()) {
+            out_ty = GgmlType::F16;
+        }
+        let values = quant::dequantize(t.ty, bytes).map_err(|e| Error::TensorType {
+            tensor: t.name.clone(),
+            source: e,
+        })?;
+        tensors.push(writer::TensorData {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: out_ty,
+            bytes: if out_ty == t.ty {
+                bytes.to_vec()
+            } else {
+                quant::quantize(out_ty, &values)
+            },
+        });
+    }
+    let metadata: Vec<(String, Value)> = src
+        .metadata
+        .iter()
+        .filter(|(k, _)| k != "general.alignment" && k != "general.file_type")
+        .cloned()
+        .collect();
+    let bytes = writer::write(&metadata, &tensors);
+    report.bytes = bytes.len() as u64;
+    crate::fetch::write_atomic(out, &bytes)?;
+    Ok(report)
 }

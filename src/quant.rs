@@ -27,7 +27,37 @@ pub enum GgmlType {
     BF16,
 }
 
+impl std::str::FromStr for GgmlType {
+    type Err = String;
+    /// A supported type by its llama.cpp name, any case: `q4_k`, `Q8_0`, `f16`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        SUPPORTED_TYPES
+            .into_iter()
+            .find(|t| format!("{t:?}").eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<String> = SUPPORTED_TYPES
+                    .iter()
+                    .map(|t| format!("{t:?}").to_lowercase())
+                    .collect();
+                format!("tensor type '{s}' (one of {})", names.join(", "))
+            })
+    }
+}
+
 impl GgmlType {
+    /// The type a weight matrix whose rows do not divide into `self`'s blocks gets instead
+    /// (k-quants need rows of 256), as llama.cpp's quantizer falls back.
+    pub fn fallback(self) -> GgmlType {
+        use GgmlType::*;
+        match self {
+            Q2_K | Q3_K => Q4_0,
+            Q4_K => Q5_0,
+            Q5_K => Q5_1,
+            Q6_K => Q8_0,
+            t => t,
+        }
+    }
+
     pub fn from_id(id: u32) -> Option<Self> {
         use GgmlType::*;
         Some(match id {
@@ -102,10 +132,9 @@ impl GgmlType {
         }
     }
 
-    /// Whether the GPU kernels (and [`dequantize`]) handle this type.
+    /// Whether the GPU kernels, [`dequantize`] and [`quantize`] handle this type.
     pub fn supported(self) -> bool {
-        use GgmlType::*;
-        matches!(self, F32 | F16 | Q4_0 | Q4_1 | Q5_0 | Q8_0 | Q4_K | Q6_K)
+        SUPPORTED_TYPES.contains(&self)
     }
 
     /// 16-byte vectors of quants per block in the GPU layout ([`to_gpu_layout`]); a block of
@@ -115,24 +144,27 @@ impl GgmlType {
         match self {
             F32 => 8,
             F16 => 4,
-            Q4_0 | Q4_1 | Q5_0 => 1,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 => 1,
             Q8_0 => 2,
+            Q2_K => 5, // qs, then the 16 scale/min bytes
+            Q3_K => 7, // hmask, qs, the 12 scale bytes (padded)
             Q4_K => 8,
+            Q5_K => 10, // qs, then qh
             Q6_K => 13, // ql, qh and the int8 sub-block scales
             _ => 0,
         }
     }
 
     /// Scale words per two blocks in the GPU layout: Q4_0 and Q8_0 pack two f16 scales in a
-    /// word, Q4_1 has (d, m), Q5_0 d and the 32 fifth bits, Q4_K a whole vec4 (d, dmin and the
-    /// 12 bytes of 6-bit scales), Q6_K its d.
+    /// word, Q4_1 has (d, m), Q5_0 and Q5_1 those and the 32 fifth bits, Q4_K and Q5_K a whole
+    /// vec4 (d, dmin and the 12 bytes of 6-bit scales), Q2_K (d, dmin), Q3_K and Q6_K their d.
     pub fn gpu_scale_words_x2(self) -> usize {
         use GgmlType::*;
         match self {
             Q4_0 | Q8_0 => 1,
-            Q4_1 | Q6_K => 2,
-            Q5_0 => 4,
-            Q4_K => 8,
+            Q4_1 | Q2_K | Q3_K | Q6_K => 2,
+            Q5_0 | Q5_1 => 4,
+            Q4_K | Q5_K => 8,
             _ => 0,
         }
     }
@@ -155,8 +187,24 @@ impl GgmlType {
     }
 }
 
+/// Every type the runtime reads (and [`quantize`] writes).
+pub const SUPPORTED_TYPES: [GgmlType; 12] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
 #[derive(Debug, thiserror::Error)]
-#[error("tensor type {0:?} is not supported by this runtime (supported: F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K)")]
+#[error("tensor type {0:?} is not supported by this runtime (supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)")]
 pub struct UnsupportedType(pub GgmlType);
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -210,9 +258,68 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, UnsupportedTyp
                     out.push((((q >> 4) as u32 | hi) as f32 - 16.0) * d);
                 }
             }
+            Q5_1 => {
+                let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+                let qh = u32::from_le_bytes(blk[4..8].try_into().unwrap());
+                let qs = &blk[8..24];
+                for (j, q) in qs.iter().enumerate() {
+                    out.push(((q & 0xF) as u32 | ((qh >> j) & 1) << 4) as f32 * d + m);
+                }
+                for (j, q) in qs.iter().enumerate() {
+                    out.push(((q >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4) as f32 * d + m);
+                }
+            }
             Q8_0 => {
                 let d = f16_at(blk, 0);
                 out.extend(blk[2..34].iter().map(|&q| q as i8 as f32 * d));
+            }
+            Q2_K => {
+                // scales[16] (low nibble scale, high nibble min) | qs[64] (2 bits) | d | dmin.
+                let (sc, qs) = (&blk[..16], &blk[16..80]);
+                let (d, dmin) = (f16_at(blk, 80), f16_at(blk, 82));
+                // Element e: half h = e / 128 reads qs[32h + l] (l = e % 32) at shift
+                // 2 * ((e % 128) / 32), with scale byte 8h + 2 * ((e % 128) / 32) + l / 16.
+                for e in 0..256 {
+                    let (h, j, l) = (e / 128, e % 128 / 32, e % 32);
+                    let s = sc[8 * h + 2 * j + l / 16];
+                    let q = (qs[32 * h + l] >> (2 * j)) & 3;
+                    out.push(d * (s & 0xF) as f32 * q as f32 - dmin * (s >> 4) as f32);
+                }
+            }
+            Q3_K => {
+                // hmask[32] | qs[64] (low 2 bits) | scales[12] (16 6-bit, offset 32) | d.
+                let (hm, qs, sc) = (&blk[..32], &blk[32..96], &blk[96..108]);
+                let d = f16_at(blk, 108);
+                // Scale s: low 4 bits from byte (s / 4 % 2) * 4 + s % 4 (nibble s / 8), high 2
+                // bits from byte 8 + s % 4 at bit 2 * (s / 4).
+                let scale = |s: usize| {
+                    let lo = (sc[(s / 4 % 2) * 4 + s % 4] >> (4 * (s / 8))) & 0xF;
+                    let hi = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+                    (lo | hi << 4) as i32 - 32
+                };
+                for e in 0..256 {
+                    let (h, j, l) = (e / 128, e % 128 / 32, e % 32);
+                    let q = ((qs[32 * h + l] >> (2 * j)) & 3) as i32;
+                    let high = (hm[l] >> (4 * h + j)) & 1;
+                    let v = q - if high == 1 { 0 } else { 4 };
+                    out.push(d * scale(8 * h + 2 * j + l / 16) as f32 * v as f32);
+                }
+            }
+            Q5_K => {
+                // d | dmin | scales[12] (as Q4_K) | qh[32] | qs[128].
+                let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+                let (scales, qh, qs) = (&blk[4..16], &blk[16..48], &blk[48..176]);
+                // Sub-block s (32 elements): nibbles of qs[32 * (s / 2) ..] (low for even s),
+                // fifth bit s of qh[l].
+                for s in 0..8 {
+                    let (sc, m) = k_scale_min(s, scales);
+                    let (ds, ms) = (d * sc as f32, dmin * m as f32);
+                    for l in 0..32 {
+                        let q = (qs[32 * (s / 2) + l] >> (4 * (s % 2))) & 0xF;
+                        let h = (qh[l] >> s) & 1;
+                        out.push(ds * (q | h << 4) as f32 - ms);
+                    }
+                }
             }
             Q4_K => {
                 let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
@@ -300,9 +407,28 @@ pub fn to_gpu_layout(ty: GgmlType, bytes: &[u8], cols: usize) -> Result<Vec<u32>
                             halves.extend([le(blk), 0, le(&blk[2..]), le(&blk[4..])]);
                             quants(&blk[6..]);
                         }
+                        Q5_1 => {
+                            halves.extend([le(blk), le(&blk[2..]), le(&blk[4..]), le(&blk[6..])]);
+                            quants(&blk[8..]);
+                        }
+                        Q2_K => {
+                            halves.extend([le(&blk[80..]), le(&blk[82..])]);
+                            quants(&blk[16..80]);
+                            quants(&blk[..16]);
+                        }
+                        Q3_K => {
+                            halves.extend([le(&blk[108..]), 0]);
+                            quants(&blk[..108]);
+                            quants(&[0; 4]);
+                        }
                         Q4_K => {
                             halves.extend(blk[..16].chunks_exact(2).map(le));
                             quants(&blk[16..]);
+                        }
+                        Q5_K => {
+                            halves.extend(blk[..16].chunks_exact(2).map(le));
+                            quants(&blk[48..]);
+                            quants(&blk[16..48]);
                         }
                         Q6_K => {
                             halves.extend([le(&blk[208..]), 0]);
@@ -380,7 +506,112 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
                 out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
             }
         }
-        Q4_K => {
+        Q5_1 => {
+            for b in x.chunks_exact(32) {
+                let min = b.iter().fold(f32::INFINITY, |a, &v| a.min(v));
+                let max = b.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                let d = (max - min) / 31.0;
+                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                put_f16(&mut out, d);
+                put_f16(&mut out, min);
+                let q: Vec<u8> = b
+                    .iter()
+                    .map(|v| (((v - min) * id + 0.5) as i32).clamp(0, 31) as u8)
+                    .collect();
+                let qh = q
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |a, (j, &qj)| a | ((qj as u32 >> 4) & 1) << j);
+                out.extend(qh.to_le_bytes());
+                out.extend((0..16).map(|j| (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)));
+            }
+        }
+        Q2_K => {
+            for sb in x.chunks_exact(256) {
+                // Per 16 values: a 4-bit scale (of d) and min (of dmin), 2-bit values.
+                let mut sc = [0f32; 16];
+                let mut mn = [0f32; 16];
+                for (j, b) in sb.chunks_exact(16).enumerate() {
+                    let min = b.iter().fold(0f32, |a, &v| a.min(v));
+                    let max = b.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                    sc[j] = (max - min) / 3.0;
+                    mn[j] = -min;
+                }
+                let d = f16::from_f32(sc.iter().fold(0f32, |a, &v| a.max(v)) / 15.0).to_f32();
+                let dmin = f16::from_f32(mn.iter().fold(0f32, |a, &v| a.max(v)) / 15.0).to_f32();
+                let level = |v: f32, unit: f32| {
+                    if unit > 0.0 {
+                        (v / unit).round().clamp(0.0, 15.0) as u8
+                    } else {
+                        0
+                    }
+                };
+                let ls: Vec<u8> = sc.iter().map(|&v| level(v, d)).collect();
+                let lm: Vec<u8> = mn.iter().map(|&v| level(v, dmin)).collect();
+                out.extend((0..16).map(|j| ls[j] | lm[j] << 4));
+                let mut qs = [0u8; 64];
+                for (e, &v) in sb.iter().enumerate() {
+                    let (h, j, l) = (e / 128, e % 128 / 32, e % 32);
+                    let s = 8 * h + 2 * j + l / 16;
+                    let ds = d * ls[s] as f32;
+                    let q = if ds > 0.0 {
+                        ((v + dmin * lm[s] as f32) / ds).round().clamp(0.0, 3.0) as u8
+                    } else {
+                        0
+                    };
+                    qs[32 * h + l] |= q << (2 * j);
+                }
+                out.extend(qs);
+                put_f16(&mut out, d);
+                put_f16(&mut out, dmin);
+            }
+        }
+        Q3_K => {
+            for sb in x.chunks_exact(256) {
+                // Per 16 values: a signed 6-bit scale (of d), values -4..=3.
+                let sc: Vec<f32> = sb
+                    .chunks_exact(16)
+                    .map(|b| b.iter().fold(0f32, |a, &v| a.max(v.abs())) / 4.0)
+                    .collect();
+                let d = f16::from_f32(sc.iter().fold(0f32, |a, &v| a.max(v)) / 31.0).to_f32();
+                let ls: Vec<i32> = sc
+                    .iter()
+                    .map(|&v| {
+                        if d > 0.0 {
+                            (v / d).round().clamp(-32.0, 31.0) as i32
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let mut hm = [0u8; 32];
+                let mut qs = [0u8; 64];
+                for (e, &v) in sb.iter().enumerate() {
+                    let (h, j, l) = (e / 128, e % 128 / 32, e % 32);
+                    let ds = d * ls[8 * h + 2 * j + l / 16] as f32;
+                    let q = if ds != 0.0 {
+                        (v / ds).round().clamp(-4.0, 3.0) as i32
+                    } else {
+                        0
+                    };
+                    let u = (q + 4) as u8;
+                    qs[32 * h + l] |= (u & 3) << (2 * j);
+                    hm[l] |= (u >> 2) << (4 * h + j);
+                }
+                let mut packed = [0u8; 12];
+                for (s, &l) in ls.iter().enumerate() {
+                    let u = (l + 32) as u8;
+                    packed[(s / 4 % 2) * 4 + s % 4] |= (u & 0xF) << (4 * (s / 8));
+                    packed[8 + s % 4] |= (u >> 4) << (2 * (s / 4));
+                }
+                out.extend(hm);
+                out.extend(qs);
+                out.extend(packed);
+                put_f16(&mut out, d);
+            }
+        }
+        Q4_K | Q5_K => {
+            let levels = if ty == Q4_K { 15.0 } else { 31.0 };
             for sb in x.chunks_exact(256) {
                 // Per sub-block scale/min as 6-bit multiples of d/dmin.
                 let mut sc = [0f32; 8];
@@ -388,7 +619,7 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
                 for (j, b) in sb.chunks_exact(32).enumerate() {
                     let min = b.iter().fold(0f32, |a, &v| a.min(v));
                     let max = b.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                    sc[j] = (max - min) / 15.0;
+                    sc[j] = (max - min) / levels;
                     mn[j] = -min;
                 }
                 let d = sc.iter().fold(0f32, |a, &v| a.max(v)) / 63.0;
@@ -438,13 +669,20 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
                         if ds == 0.0 {
                             0
                         } else {
-                            (((v + mh * m as f32) / ds).round() as i32).clamp(0, 15) as u8
+                            (((v + mh * m as f32) / ds).round() as i32).clamp(0, levels as i32)
+                                as u8
                         }
                     })
                     .collect();
+                if ty == Q5_K {
+                    out.extend(
+                        (0..32)
+                            .map(|l| (0..8).fold(0u8, |a, s| a | ((q[32 * s + l] >> 4) & 1) << s)),
+                    );
+                }
                 for g in 0..4 {
                     for l in 0..32 {
-                        out.push(q[g * 64 + l] | (q[g * 64 + 32 + l] << 4));
+                        out.push((q[g * 64 + l] & 0xF) | ((q[g * 64 + 32 + l] & 0xF) << 4));
                     }
                 }
             }
@@ -529,7 +767,11 @@ mod tests {
             (Q4_0, 0.15),
             (Q4_1, 0.08),
             (Q5_0, 0.07),
+            (Q5_1, 0.04),
+            (Q2_K, 0.5),
+            (Q3_K, 0.3),
             (Q4_K, 0.1),
+            (Q5_K, 0.05),
             (Q6_K, 0.05),
         ] {
             let x = rand_vals(512, 7);
@@ -544,18 +786,44 @@ mod tests {
         }
     }
 
+    /// Random blocks of every quantized type, dequantized by gguf-py (the ggml project's
+    /// reference reader; `tests/data/make_quant_blocks.py` made the file).
+    #[test]
+    fn dequantize_matches_the_reference_implementation() {
+        let cases: Vec<serde_json::Value> =
+            serde_json::from_str(include_str!("../tests/data/quant_blocks.json")).unwrap();
+        assert_eq!(cases.len(), 10);
+        for case in cases {
+            let name = case["type"].as_str().unwrap();
+            let ty = (0..32)
+                .filter_map(GgmlType::from_id)
+                .find(|t| format!("{t:?}") == name)
+                .unwrap_or_else(|| panic!("{name}"));
+            let hex = case["bytes"].as_str().unwrap();
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            let want: Vec<f32> = case["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let got = dequantize(ty, &bytes).unwrap();
+            assert_eq!(got.len(), want.len(), "{name}");
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6 * scale,
+                    "{name} value {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn gpu_layout_has_declared_size() {
-        for ty in [
-            GgmlType::F32,
-            GgmlType::F16,
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q8_0,
-            GgmlType::Q4_K,
-            GgmlType::Q6_K,
-        ] {
+        for ty in SUPPORTED_TYPES {
             let q = quantize(ty, &rand_vals(512, 3));
             // Two rows of 256, or one of 512.
             for (rows, cols) in [(2, 256), (1, 512)] {

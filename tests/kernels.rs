@@ -61,16 +61,7 @@ fn upload_f32(gpu: &Gpu, data: &[f32]) -> lamina::gpu::Buffer {
         .unwrap()
 }
 
-const TYPES: [GgmlType; 8] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q6_K,
-];
+const TYPES: [GgmlType; 12] = quant::SUPPORTED_TYPES;
 
 #[test]
 fn matmul_matches_reference_for_every_type_and_token_count() {

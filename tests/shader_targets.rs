@@ -40,16 +40,7 @@ const PATHS: [GpuOptions; 3] = [
     },
 ];
 
-const TYPES: [GgmlType; 8] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q8_0,
-    GgmlType::Q4_K,
-    GgmlType::Q6_K,
-];
+const TYPES: [GgmlType; 12] = lamina::quant::SUPPORTED_TYPES;
 
 /// The matmul variants of every weight type, for decode, prefill blocks and a ragged count,
 /// forward and transposed (only building the dispatch compiles the pipeline).

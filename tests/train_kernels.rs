@@ -5,7 +5,7 @@ use lamina::gpu::{Gpu, GpuOptions};
 use lamina::kernels::{
     self, reference, AdamW, AttnBackward, AttnShape, LoraGrad, LoraShape, QMatrix,
 };
-use lamina::quant::{self, GgmlType};
+use lamina::quant;
 use rand::{Rng, SeedableRng};
 
 fn rng() -> rand::rngs::StdRng {
@@ -199,12 +199,7 @@ fn check_fd(
 fn quantized_matmul_backward_matches_finite_differences() {
     let gpu = Gpu::new(GpuOptions::default()).unwrap();
     let mut r = rng();
-    for ty in [
-        GgmlType::Q4_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4_K,
-        GgmlType::Q6_K,
-    ] {
+    for ty in quant::SUPPORTED_TYPES {
         // 3 tokens: one per invocation; 6: a block of 4 and a partial one.
         for (t, n, k) in [
             (3usize, 24usize, 256usize),
@@ -213,7 +208,7 @@ fn quantized_matmul_backward_matches_finite_differences() {
             (16, 40, 576),
             (16, 9000, 576),
         ] {
-            if k % 256 != 0 && matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
+            if k % ty.gpu_block_elems() != 0 {
                 continue;
             }
             let w: Vec<f32> = (0..n * k).map(|_| r.random::<f32>() - 0.5).collect();

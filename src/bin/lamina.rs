@@ -305,6 +305,18 @@ enum Cmd {
         #[arg(long, default_value = "f16")]
         r#type: String,
     },
+    /// Re-quantize a GGUF model's weight matrices to one type and write a new GGUF file.
+    Quantize {
+        /// q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, f16 or f32. Matrices
+        /// whose rows are not a multiple of 256 get the k-quant's fallback (q4_0, q5_0, q5_1,
+        /// q8_0), as llama.cpp does; norms and biases are copied.
+        #[arg(long = "type")]
+        ty: String,
+        /// Source GGUF file or model name (smollm2, qwen2.5-0.5b, qwen2.5-1.5b).
+        input: PathBuf,
+        /// Output GGUF file (written atomically).
+        out: PathBuf,
+    },
     /// Fetch and verify a model (the default one unless --model says otherwise), print its path.
     Fetch {
         #[arg(long, value_enum, default_value_t = FetchModel::Smollm2)]
@@ -644,6 +656,21 @@ fn run(cli: Cli) -> lamina::Result<()> {
             let ty: lamina::merge::MergeType = r#type.parse()?;
             let n = lamina::merge::merge_into_gguf(&gguf, &adapters, ty, &out)?;
             eprintln!("merged {n} tensors into {}", out.display());
+            Ok(())
+        }
+        Cmd::Quantize { ty, input, out } => {
+            let ty: lamina::quant::GgmlType = ty.parse().map_err(lamina::Error::Invalid)?;
+            let path = resolve(Some(&input))?;
+            let gguf = lamina::gguf::GgufFile::open(&path)?;
+            let r = lamina::merge::quantize_gguf(&gguf, ty, &out)?;
+            eprintln!(
+                "{}: {} matrices in {ty:?}, {} in its fallback type, {} tensors copied, {:.1} MB",
+                out.display(),
+                r.quantized,
+                r.fallback,
+                r.copied,
+                r.bytes as f64 / 1e6
+            );
             Ok(())
         }
         Cmd::Fetch { model } => {
