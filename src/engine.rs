@@ -17,7 +17,7 @@ use crate::generate::{GenerateParams, Generation, Generator};
 use crate::gguf::GgufFile;
 use crate::gpu::{Gpu, GpuOptions};
 use crate::hf::Checkpoint;
-use crate::model::{Llama, ModelOptions, Weights};
+use crate::model::{Llama, ModelOptions, Quantizing, Weights};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 #[derive(Debug, Clone, Default)]
@@ -56,7 +56,10 @@ impl Engine {
         let (tokenizer, model, name) = if Checkpoint::is_checkpoint(&path) {
             let ckpt = Checkpoint::open(&path)?;
             let tokenizer = Tokenizer::from_json_file(&path.join("tokenizer.json"))?;
-            let weights = Weights::load(&gpu, &ckpt, &ckpt.config)?;
+            let weights = match opts.model.quantize {
+                Some(ty) => Weights::load(&gpu, &Quantizing { inner: &ckpt, ty }, &ckpt.config)?,
+                None => Weights::load(&gpu, &ckpt, &ckpt.config)?,
+            };
             let model = Llama::new(gpu, ckpt.config.clone(), weights, opts.model)?;
             let name = ckpt.name_or_path().unwrap_or(file_stem);
             (tokenizer, model, name)

@@ -62,11 +62,33 @@ impl Checkpoint {
             .filter(|n| !n.is_empty() && !Path::new(n).is_absolute() && !n.starts_with('.'))
             .map(str::to_string);
 
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| file_err(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-            .collect();
+        // A sharded checkpoint names its shards and which tensor is in which in
+        // model.safetensors.index.json; without one, every .safetensors file is read.
+        let index_path = dir.join("model.safetensors.index.json");
+        let weight_map = if index_path.is_file() {
+            Some(read_weight_map(&index_path)?)
+        } else {
+            None
+        };
+        let mut files: Vec<PathBuf> = match &weight_map {
+            Some(map) => {
+                let mut shards: Vec<PathBuf> = map.values().map(|f| dir.join(f)).collect();
+                shards.sort();
+                shards.dedup();
+                if let Some(missing) = shards.iter().find(|p| !p.is_file()) {
+                    return Err(file_err(
+                        &index_path,
+                        format!("names the shard {}, which is missing", missing.display()),
+                    ));
+                }
+                shards
+            }
+            None => std::fs::read_dir(dir)
+                .map_err(|e| file_err(dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect(),
+        };
         files.sort();
         if files.is_empty() {
             return Err(file_err(dir, "no .safetensors file"));
@@ -96,6 +118,17 @@ impl Checkpoint {
                 }
             }
             maps.push((path, map, 8 + header));
+        }
+        if let Some(map) = &weight_map {
+            for (name, shard) in map {
+                let found = index.get(name).map(|e| &maps[e.file].0);
+                if found != Some(&dir.join(shard)) {
+                    return Err(file_err(
+                        &index_path,
+                        format!("puts tensor '{name}' in {shard}, which does not hold it"),
+                    ));
+                }
+            }
         }
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
@@ -180,6 +213,30 @@ impl TensorSource for Checkpoint {
         let dims = entry.shape.iter().rev().map(|&d| d as u64).collect();
         Ok(Some(SourceTensor { ty, dims, bytes }))
     }
+}
+
+/// `weight_map` (tensor name -> shard file name) of a `model.safetensors.index.json`.
+fn read_weight_map(path: &Path) -> Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_err(path, e))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| file_err(path, "no \"weight_map\" object"))?;
+    map.iter()
+        .map(|(name, shard)| {
+            let shard = shard
+                .as_str()
+                .filter(|f| !f.contains('/') && !f.contains('\\') && f.ends_with(".safetensors"))
+                .ok_or_else(|| {
+                    file_err(
+                        path,
+                        format!("tensor '{name}': {shard} is not a shard file name"),
+                    )
+                })?;
+            Ok((name.clone(), shard.to_string()))
+        })
+        .collect()
 }
 
 /// The model config (and whether embeddings are tied) from a Hugging Face `config.json`.

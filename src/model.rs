@@ -236,6 +236,41 @@ impl TensorSource for GgufFile {
     }
 }
 
+/// A source whose float weight matrices (two-dimensional F32/F16 tensors) come out quantized
+/// to `ty`, each as it is asked for; a matrix whose rows do not divide into `ty`'s blocks gets
+/// [`GgmlType::fallback`] (or stays as it is), and everything else passes through.
+pub struct Quantizing<'a> {
+    pub inner: &'a dyn TensorSource,
+    pub ty: GgmlType,
+}
+
+impl TensorSource for Quantizing<'_> {
+    fn get(&self, name: &str) -> Result<Option<SourceTensor<'_>>> {
+        let Some(t) = self.inner.get(name)? else {
+            return Ok(None);
+        };
+        if t.dims.len() != 2 || !matches!(t.ty, GgmlType::F32 | GgmlType::F16) || t.ty == self.ty {
+            return Ok(Some(t));
+        }
+        let cols = t.dims[0] as usize;
+        let ty = [self.ty, self.ty.fallback()]
+            .into_iter()
+            .find(|ty| cols.is_multiple_of(ty.block_size()));
+        let Some(ty) = ty else {
+            return Ok(Some(t));
+        };
+        let values = quant::dequantize(t.ty, &t.bytes).map_err(|e| Error::TensorType {
+            tensor: name.into(),
+            source: e,
+        })?;
+        Ok(Some(SourceTensor {
+            ty,
+            dims: t.dims,
+            bytes: Cow::Owned(quant::quantize(ty, &values)),
+        }))
+    }
+}
+
 /// Linear layers whose outputs are concatenated: consecutive parts of the same type are
 /// uploaded as one matrix so they take one dispatch (QKV, gate+up).
 pub struct Linear {
@@ -470,6 +505,9 @@ pub struct ModelOptions {
     /// default) where the device has shader-f16; f32 otherwise. Off by default: f32 keeps
     /// logits equal to the f32 reference to float rounding, f16 moves them by ~1e-3 relative.
     pub kv_f16: bool,
+    /// Quantize the float (F32/F16, BF16) weight matrices to this type while loading, one
+    /// tensor at a time, so a Hugging Face checkpoint fits a phone's memory ([`Quantizing`]).
+    pub quantize: Option<GgmlType>,
 }
 
 impl Default for ModelOptions {
@@ -478,6 +516,7 @@ impl Default for ModelOptions {
             context: 2048,
             batch: 128,
             kv_f16: false,
+            quantize: None,
         }
     }
 }
@@ -528,7 +567,10 @@ pub struct Llama {
 impl Llama {
     pub fn load(gpu: Arc<Gpu>, g: &GgufFile, opts: ModelOptions) -> Result<Llama> {
         let cfg = Config::from_gguf(g)?;
-        let weights = Weights::load(&gpu, g, &cfg)?;
+        let weights = match opts.quantize {
+            Some(ty) => Weights::load(&gpu, &Quantizing { inner: g, ty }, &cfg)?,
+            None => Weights::load(&gpu, g, &cfg)?,
+        };
         Self::new(gpu, cfg, weights, opts)
     }
 

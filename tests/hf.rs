@@ -2,8 +2,12 @@
 //! layout, tokenizer.json) loads to the same model transformers runs: logits compared with
 //! ../shared/fixtures/smollm2-2layer-hf.
 
+use std::collections::HashMap;
+use std::path::Path;
+
 use lamina::engine::{Engine, EngineOptions};
 use lamina::model::ModelOptions;
+use lamina::quant::GgmlType;
 use safetensors::SafeTensors;
 
 const DIR: &str = concat!(
@@ -79,4 +83,136 @@ fn a_broken_checkpoint_is_a_clear_error() {
         .unwrap()
         .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
+}
+
+/// The fixture's token ids and transformers' logits.
+fn reference() -> (Vec<u32>, Vec<f32>) {
+    let data = std::fs::read(format!("{DIR}/logits.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&data).unwrap();
+    let ids = bytemuck::pod_collect_to_vec::<u8, i64>(st.tensor("input_ids").unwrap().data())
+        .into_iter()
+        .map(|v| v as u32)
+        .collect();
+    (
+        ids,
+        bytemuck::pod_collect_to_vec(st.tensor("logits").unwrap().data()),
+    )
+}
+
+fn load(dir: &Path, quantize: Option<GgmlType>) -> lamina::Result<Engine> {
+    let opts = EngineOptions {
+        model: ModelOptions {
+            context: 128,
+            batch: 32,
+            quantize,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Engine::load(Some(dir), opts)
+}
+
+fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let m = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    got.iter()
+        .zip(want)
+        .fold(0f32, |a, (x, y)| a.max((x - y).abs()))
+        / m
+}
+
+/// The fixture's checkpoint split into two shards with a model.safetensors.index.json, as
+/// `save_pretrained` writes a large model.
+#[test]
+fn a_sharded_checkpoint_loads_like_the_whole_one() {
+    let src = Path::new(DIR).join("checkpoint");
+    let dir = std::env::temp_dir().join(format!("lamina-hf-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_none_or(|x| x != "safetensors") {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let data = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&data).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let mut weight_map = HashMap::new();
+    let half = names.len() / 2;
+    for (i, part) in [&names[..half], &names[half..]].into_iter().enumerate() {
+        let shard = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
+        safetensors::tensor::serialize_to_file(views, None, &dir.join(&shard)).unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), shard.clone());
+        }
+    }
+    let index = |map: &HashMap<String, String>| {
+        serde_json::json!({"metadata": {"total_size": data.len()}, "weight_map": map}).to_string()
+    };
+    let index_path = dir.join("model.safetensors.index.json");
+    std::fs::write(&index_path, index(&weight_map)).unwrap();
+
+    let (ids, want) = reference();
+    let whole = load(&src, None)
+        .unwrap()
+        .model_mut()
+        .forward_all(&ids)
+        .unwrap();
+    let sharded = load(&dir, None)
+        .unwrap()
+        .model_mut()
+        .forward_all(&ids)
+        .unwrap();
+    assert_eq!(sharded, whole, "the same tensors give the same logits");
+    assert!(rel_diff(&sharded, &want) < 1e-3);
+
+    // An index that puts a tensor in the wrong shard, or names a missing one, is an error
+    // that names the index.
+    let mut wrong = weight_map.clone();
+    let moved = names[0].clone();
+    wrong.insert(moved.clone(), "model-00002-of-00002.safetensors".into());
+    std::fs::write(&index_path, index(&wrong)).unwrap();
+    let err = load(&dir, None).err().unwrap().to_string();
+    assert!(err.contains("index.json") && err.contains(&moved), "{err}");
+    let mut missing = weight_map.clone();
+    missing.insert(moved, "model-00003-of-00003.safetensors".into());
+    std::fs::write(&index_path, index(&missing)).unwrap();
+    let err = load(&dir, None).err().unwrap().to_string();
+    assert!(err.contains("index.json") && err.contains("00003"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--quantize` on a float checkpoint: every weight matrix on the GPU is that type (or its
+/// fallback where rows are not a multiple of 256), and the logits stay near transformers'.
+#[test]
+fn quantize_at_load_makes_the_matrices_that_type() {
+    let src = Path::new(DIR).join("checkpoint");
+    let (ids, want) = reference();
+    for (ty, bound) in [
+        (GgmlType::Q8_0, 0.01),
+        (GgmlType::Q6_K, 0.02),
+        (GgmlType::Q4_K, 0.09),
+    ] {
+        let mut e = load(&src, Some(ty)).unwrap();
+        let w = e.model().weights.clone();
+        let mut types: Vec<GgmlType> = vec![w.tok_embd.ty];
+        for l in &w.layers {
+            for lin in [&l.qkv, &l.o, &l.gate_up, &l.down] {
+                types.extend(lin.parts.iter().map(|(m, _)| m.ty));
+            }
+        }
+        for t in &types {
+            assert!(*t == ty || *t == ty.fallback(), "{ty:?}: a {t:?} matrix");
+        }
+        let got = e.model_mut().forward_all(&ids).unwrap();
+        let d = rel_diff(&got, &want);
+        eprintln!("{ty:?}: logits max |diff| / max |logit| {d:.4}");
+        assert!(d < bound, "{ty:?}: {d}");
+    }
 }

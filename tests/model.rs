@@ -37,6 +37,7 @@ fn load(opts: GpuOptions, batch: u32, kv_f16: bool) -> Llama {
             context: 256,
             batch,
             kv_f16,
+            ..Default::default()
         },
     )
     .unwrap()

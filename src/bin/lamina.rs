@@ -44,6 +44,10 @@ struct ModelArgs {
     /// by ~1e-3 relative).
     #[arg(long)]
     kv_f16: bool,
+    /// Quantize the float weight matrices (a Hugging Face checkpoint's F32/F16/BF16) to this
+    /// type while loading: q2_k ... q8_0, f16 (see `lamina quantize`).
+    #[arg(long, value_parser = parse_type)]
+    quantize: Option<lamina::quant::GgmlType>,
     /// PEFT LoRA adapter folder to apply, optionally weighted: `DIR` or `DIR:0.5`
     /// (repeatable; adapters add up).
     #[arg(long)]
@@ -71,6 +75,7 @@ impl ModelArgs {
                 model: ModelOptions {
                     context: self.context,
                     kv_f16: self.kv_f16,
+                    quantize: self.quantize,
                     ..Default::default()
                 },
             },
@@ -659,7 +664,7 @@ fn run(cli: Cli) -> lamina::Result<()> {
             Ok(())
         }
         Cmd::Quantize { ty, input, out } => {
-            let ty: lamina::quant::GgmlType = ty.parse().map_err(lamina::Error::Invalid)?;
+            let ty = parse_type(&ty).map_err(lamina::Error::Invalid)?;
             let path = resolve(Some(&input))?;
             let gguf = lamina::gguf::GgufFile::open(&path)?;
             let r = lamina::merge::quantize_gguf(&gguf, ty, &out)?;
@@ -683,6 +688,10 @@ fn run(cli: Cli) -> lamina::Result<()> {
             Ok(())
         }
     }
+}
+
+fn parse_type(s: &str) -> Result<lamina::quant::GgmlType, String> {
+    s.parse()
 }
 
 fn resolve(model: Option<&Path>) -> lamina::Result<PathBuf> {
