@@ -148,10 +148,20 @@ impl Checkpoint {
     /// The Hugging Face name of a GGUF tensor name, or `None` where a checkpoint has no
     /// counterpart (e.g. a tied output head, `rope_freqs`).
     fn hf_name(&self, name: &str) -> Option<String> {
+        if name == "output.weight" && self.tie_embeddings {
+            return None;
+        }
+        hf_tensor_name(name)
+    }
+}
+
+/// The Hugging Face name of a GGUF tensor name, or `None` where a checkpoint has no
+/// counterpart (`rope_freqs`).
+pub fn hf_tensor_name(name: &str) -> Option<String> {
+    {
         let fixed = match name {
             "token_embd.weight" => Some("model.embed_tokens.weight"),
             "output_norm.weight" => Some("model.norm.weight"),
-            "output.weight" if self.tie_embeddings => return None,
             "output.weight" => Some("lm_head.weight"),
             _ => None,
         };

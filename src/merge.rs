@@ -87,39 +87,7 @@ pub fn merge_into_gguf(
             });
             continue;
         };
-        let (n_in, n_out) = module_dims(&cfg, m);
-        let mut w =
-            quant::dequantize(t.ty, src.tensor_bytes(t)).map_err(|e| Error::TensorType {
-                tensor: t.name.clone(),
-                source: e,
-            })?;
-        if t.dims.len() != 2 || w.len() != (n_in as usize) * (n_out as usize) {
-            return Err(Error::Model(format!(
-                "tensor '{}' has shape {:?}, the model's config says [{n_in}, {n_out}]",
-                t.name, t.dims
-            )));
-        }
-        for (ad, weight) in adapters {
-            let Some((a, b)) = ad.tensors.get(&(l, m)) else {
-                continue;
-            };
-            let r = ad.config.r as usize;
-            // GGUF Llama q/k rows are in adjacent-pair rotary order (see adapter.rs).
-            let b = b_to_model(&cfg, m, b, r)?;
-            let s = ad.config.scale() * weight;
-            let k = n_in as usize;
-            for o in 0..n_out as usize {
-                let row = &mut w[o * k..(o + 1) * k];
-                for j in 0..r {
-                    let c = s * b[o * r + j];
-                    if c != 0.0 {
-                        for (x, &av) in row.iter_mut().zip(&a[j * k..(j + 1) * k]) {
-                            *x += c * av;
-                        }
-                    }
-                }
-            }
-        }
+        let w = merged_values(&cfg, adapters, t, src.tensor_bytes(t), l, m)?;
         let out_ty = match ty {
             MergeType::Same if can_write(t.ty) => t.ty,
             MergeType::Same => {
@@ -233,4 +201,184 @@ pub fn quantize_gguf(src: &GgufFile, ty: GgmlType, out: &Path) -> Result<Quantiz
     report.bytes = bytes.len() as u64;
     crate::fetch::write_atomic(out, &bytes)?;
     Ok(report)
+}
+
+/// Tensor `t` (module `m` of layer `l`) with `adapters` folded in, as f32 in the GGUF row order.
+fn merged_values(
+    cfg: &Config,
+    adapters: &[(LoraWeights, f32)],
+    t: &crate::gguf::TensorInfo,
+    bytes: &[u8],
+    l: u32,
+    m: usize,
+) -> Result<Vec<f32>> {
+    let (n_in, n_out) = module_dims(cfg, m);
+    let mut w = quant::dequantize(t.ty, bytes).map_err(|e| Error::TensorType {
+        tensor: t.name.clone(),
+        source: e,
+    })?;
+    if t.dims.len() != 2 || w.len() != (n_in as usize) * (n_out as usize) {
+        return Err(Error::Model(format!(
+            "tensor '{}' has shape {:?}, the model's config says [{n_in}, {n_out}]",
+            t.name, t.dims
+        )));
+    }
+    for (ad, weight) in adapters {
+        let Some((a, b)) = ad.tensors.get(&(l, m)) else {
+            continue;
+        };
+        let r = ad.config.r as usize;
+        // GGUF Llama q/k rows are in adjacent-pair rotary order (see adapter.rs).
+        let b = b_to_model(cfg, m, b, r)?;
+        let s = ad.config.scale() * weight;
+        let k = n_in as usize;
+        for o in 0..n_out as usize {
+            let row = &mut w[o * k..(o + 1) * k];
+            for j in 0..r {
+                let c = s * b[o * r + j];
+                if c != 0.0 {
+                    for (x, &av) in row.iter_mut().zip(&a[j * k..(j + 1) * k]) {
+                        *x += c * av;
+                    }
+                }
+            }
+        }
+    }
+    Ok(w)
+}
+
+/// Writes base + adapters as a Hugging Face checkpoint folder (`config.json`,
+/// `model.safetensors` in F16 or F32, the tokenizer files) that transformers and
+/// [`crate::hf::Checkpoint`] load: every tensor dequantized, the adapters folded in, q/k rows
+/// back in Hugging Face's order. Each file is written atomically. Returns how many tensors
+/// changed.
+pub fn merge_into_hf(
+    src: &GgufFile,
+    tokenizer: &crate::tokenizer::Tokenizer,
+    adapters: &[(LoraWeights, f32)],
+    ty: MergeType,
+    out: &Path,
+) -> Result<usize> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let dtype = match ty {
+        MergeType::F16 => Dtype::F16,
+        MergeType::F32 => Dtype::F32,
+        _ => {
+            return Err(Error::Invalid(
+                "a Hugging Face checkpoint is written in f16 or f32 (--type f16|f32)".into(),
+            ))
+        }
+    };
+    let cfg = Config::from_gguf(src)?;
+    for (w, _) in adapters {
+        w.check_fits(&cfg)?;
+    }
+    if src.tensor("rope_freqs.weight").is_some() {
+        return Err(Error::Invalid(
+            "this model's rope frequency factors (Llama 3 scaling) have no Hugging Face export here"
+                .into(),
+        ));
+    }
+    let io = |e: std::io::Error| Error::File {
+        path: out.to_path_buf(),
+        detail: e.to_string(),
+    };
+    std::fs::create_dir_all(out).map_err(io)?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut changed = 0;
+    for t in &src.tensors {
+        let Some(hf) = crate::hf::hf_tensor_name(&t.name) else {
+            return Err(Error::Model(format!(
+                "tensor '{}' has no Hugging Face name",
+                t.name
+            )));
+        };
+        let target = (0..cfg.n_layer)
+            .flat_map(|l| (0..7).map(move |m| (l, m)))
+            .find(|&(l, m)| gguf_name(l, m) == t.name);
+        let bytes = src.tensor_bytes(t);
+        let mut values = match target {
+            Some((l, m))
+                if adapters
+                    .iter()
+                    .any(|(w, _)| w.tensors.contains_key(&(l, m))) =>
+            {
+                changed += 1;
+                merged_values(&cfg, adapters, t, bytes, l, m)?
+            }
+            _ => quant::dequantize(t.ty, bytes).map_err(|e| Error::TensorType {
+                tensor: t.name.clone(),
+                source: e,
+            })?,
+        };
+        // Llama-layout GGUF files keep q/k rows (and biases) in adjacent-pair rotary order.
+        let heads = match t.name.rsplit('.').nth(1) {
+            Some("attn_q") if !cfg.rope_neox => Some(cfg.n_head),
+            Some("attn_k") if !cfg.rope_neox => Some(cfg.n_kv_head),
+            _ => None,
+        };
+        if let Some(heads) = heads {
+            let cols = if t.dims.len() == 2 {
+                t.dims[0] as usize
+            } else {
+                1
+            };
+            values = crate::adapter::permute_rows_from_gguf(&values, heads, cfg.head_dim, cols)?;
+        }
+        let data: Vec<u8> = match dtype {
+            Dtype::F16 => values
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        // ggml dims are innermost first; Hugging Face shapes are [out, in].
+        let shape = t.dims.iter().rev().map(|&d| d as usize).collect();
+        tensors.push((hf, shape, data));
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            TensorView::new(dtype, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::Invalid(format!("{name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let st = safetensors::tensor::serialize(views, None)
+        .map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
+    crate::fetch::write_atomic(&out.join("model.safetensors"), &st)?;
+
+    let tied = src.tensor("output.weight").is_none();
+    let arch = match cfg.arch.as_str() {
+        "qwen2" => ("qwen2", "Qwen2ForCausalLM"),
+        "mistral" => ("mistral", "MistralForCausalLM"),
+        _ => ("llama", "LlamaForCausalLM"),
+    };
+    let mut config = serde_json::json!({
+        "architectures": [arch.1],
+        "model_type": arch.0,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.n_ff,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab,
+        "max_position_embeddings": cfg.ctx_train,
+        "rms_norm_eps": cfg.rms_eps,
+        "rope_theta": cfg.rope_theta,
+        "hidden_act": "silu",
+        "tie_word_embeddings": tied,
+        "torch_dtype": if dtype == Dtype::F16 { "float16" } else { "float32" },
+        "bos_token_id": tokenizer.bos_id(),
+        "eos_token_id": tokenizer.eos_ids().first(),
+    });
+    if cfg.rope_linear != 1.0 {
+        config["rope_scaling"] = serde_json::json!({"type": "linear", "factor": cfg.rope_linear});
+    }
+    let text = serde_json::to_string_pretty(&config).expect("json");
+    tokenizer.write_hf(out)?;
+    // config.json last: a folder with it is a checkpoint, so it appears only once complete.
+    crate::fetch::write_atomic(&out.join("config.json"), text.as_bytes())?;
+    Ok(changed)
 }

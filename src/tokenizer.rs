@@ -600,6 +600,36 @@ impl Tokenizer {
         })
     }
 
+    /// Writes `tokenizer.json`, `tokenizer_config.json` (special tokens, whether BOS is
+    /// added, chat template) and `generation_config.json` (stop ids) into `dir`, as
+    /// `save_pretrained` lays them out, so transformers and [`Tokenizer::from_json_file`] load
+    /// the same tokenizer.
+    pub fn write_hf(&self, dir: &Path) -> Result<()> {
+        let json = self.inner.to_string(false).map_err(tok_err)?;
+        crate::fetch::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
+        let config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "add_bos_token": self.add_bos,
+            "add_eos_token": self.add_eos,
+            "chat_template": self.chat_template,
+            "clean_up_tokenization_spaces": false,
+        });
+        let generation = serde_json::json!({
+            "bos_token_id": self.bos,
+            "eos_token_id": self.eos_ids,
+        });
+        for (name, v) in [
+            ("tokenizer_config.json", config),
+            ("generation_config.json", generation),
+        ] {
+            let text = serde_json::to_string_pretty(&v).expect("json");
+            crate::fetch::write_atomic(&dir.join(name), text.as_bytes())?;
+        }
+        Ok(())
+    }
+
     /// Token ids of `text`. Special tokens written in the text (e.g. `<|im_start|>`) are single
     /// tokens. With `add_special`, BOS (and EOS) are added as the model asks
     /// (`tokenizer.ggml.add_bos_token`, or the `tokenizer.json` post-processor).

@@ -229,3 +229,60 @@ fn bench_json_has_every_field_a_script_compares() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("BATCHxTOKENS"));
 }
+
+/// `lamina merge --format hf`: base + adapter as a Hugging Face folder, which loads back (the
+/// checkpoint reader, rope over (i, i + d/2) pairs with q/k rows in Hugging Face's order) to
+/// the logits of the GGUF base with the adapter applied unmerged, and the same tokenizer and
+/// chat template.
+#[test]
+fn merge_to_a_hugging_face_folder_gives_base_plus_adapter() {
+    use lamina::engine::{Engine, EngineOptions};
+    let dir = temp_dir("merge-hf");
+    let adapter = dir.join("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    fixture_adapter("smollm2", &adapter);
+    let out = dir.join("hf");
+    lamina(&[
+        "merge",
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "hf",
+        "--type",
+        "f32",
+    ]);
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let mut base = Engine::load(None, EngineOptions::default()).unwrap();
+    base.set_adapters(&[adapter.to_str().unwrap().to_string()])
+        .unwrap();
+    let mut merged = Engine::load(Some(&out), EngineOptions::default()).unwrap();
+    assert!(merged.model().cfg.rope_neox);
+    let text = "The capital of France is <|im_start|>user\nHi!";
+    let ids = base.tokenizer().encode(text, true).unwrap();
+    assert_eq!(merged.tokenizer().encode(text, true).unwrap(), ids);
+    assert_eq!(
+        merged.tokenizer().chat_template(),
+        base.tokenizer().chat_template()
+    );
+    assert_eq!(merged.tokenizer().eos_ids(), base.tokenizer().eos_ids());
+    let want = base.model_mut().forward_all(&ids).unwrap();
+    let got = merged.model_mut().forward_all(&ids).unwrap();
+    let m = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = want
+        .iter()
+        .zip(&got)
+        .fold(0f32, |a, (x, y)| a.max((x - y).abs()))
+        / m;
+    eprintln!("merged checkpoint vs base + adapter: max |diff| / max |logit| {d:.2e}");
+    assert!(d < 1e-4, "{d}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

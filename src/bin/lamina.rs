@@ -295,7 +295,8 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Fold LoRA adapters into the base weights and write a new GGUF file.
+    /// Fold LoRA adapters into the base weights and write a new GGUF file, or a Hugging Face
+    /// checkpoint folder with `--format hf`.
     Merge {
         /// GGUF file (default: SmolLM2-135M-Instruct).
         #[arg(long)]
@@ -307,8 +308,13 @@ enum Cmd {
         out: PathBuf,
         /// Type of the merged matrices: f16 (default), q8_0, f32, or same (the base's own
         /// type: smallest file, but a 4-bit re-quantization rounds much of the update away).
+        /// With `--format hf` every tensor is written in f16 or f32.
         #[arg(long, default_value = "f16")]
         r#type: String,
+        /// gguf: one GGUF file; hf: a folder with config.json, model.safetensors and the
+        /// tokenizer files, which transformers' from_pretrained loads.
+        #[arg(long, value_enum, default_value_t = MergeFormat::Gguf)]
+        format: MergeFormat,
     },
     /// Re-quantize a GGUF model's weight matrices to one type and write a new GGUF file.
     Quantize {
@@ -650,6 +656,7 @@ fn run(cli: Cli) -> lamina::Result<()> {
             adapter,
             out,
             r#type,
+            format,
         } => {
             let path = resolve(model.as_deref())?;
             let gguf = lamina::gguf::GgufFile::open(&path)?;
@@ -659,7 +666,13 @@ fn run(cli: Cli) -> lamina::Result<()> {
                 adapters.push((lamina::adapter::LoraWeights::load(Path::new(dir))?, weight));
             }
             let ty: lamina::merge::MergeType = r#type.parse()?;
-            let n = lamina::merge::merge_into_gguf(&gguf, &adapters, ty, &out)?;
+            let n = match format {
+                MergeFormat::Gguf => lamina::merge::merge_into_gguf(&gguf, &adapters, ty, &out)?,
+                MergeFormat::Hf => {
+                    let tokenizer = lamina::tokenizer::Tokenizer::from_gguf(&gguf)?;
+                    lamina::merge::merge_into_hf(&gguf, &tokenizer, &adapters, ty, &out)?
+                }
+            };
             eprintln!("merged {n} tensors into {}", out.display());
             Ok(())
         }
@@ -688,6 +701,12 @@ fn run(cli: Cli) -> lamina::Result<()> {
             Ok(())
         }
     }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MergeFormat {
+    Gguf,
+    Hf,
 }
 
 fn parse_type(s: &str) -> Result<lamina::quant::GgmlType, String> {
