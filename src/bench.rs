@@ -50,6 +50,8 @@ pub struct TrainRate {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub model: String,
+    /// Seconds to open the model and upload its weights (the engine's load).
+    pub load_s: f64,
     pub device: String,
     pub driver: String,
     pub backend: String,
@@ -151,6 +153,7 @@ pub fn run(engine: &mut Engine, opts: &BenchOptions) -> Result<BenchReport> {
     let info = &gpu.info;
     Ok(BenchReport {
         model: engine.model_name().to_string(),
+        load_s: engine.load_secs(),
         device: info.name.clone(),
         driver: format!("{} {}", info.driver, info.driver_info),
         backend: format!("{:?}", info.backend),

@@ -805,7 +805,7 @@ fn parse_shape(s: &str) -> lamina::Result<(usize, usize)> {
 
 fn print_bench(r: &lamina::bench::BenchReport) {
     let mib = |b: u64| b as f64 / 1048576.0;
-    println!("model:   {}", r.model);
+    println!("model:   {} (loaded in {:.1} s)", r.model, r.load_s);
     println!("device:  {} ({}, {})", r.device, r.backend, r.driver);
     println!(
         "prefill: {:8.1} tok/s  ({} tokens)",
