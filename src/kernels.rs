@@ -141,12 +141,14 @@ impl QMatrix {
         while row0 < rows as usize {
             let n = max_rows.min(rows as usize - row0);
             let rows_bytes = &bytes[row0 * row_bytes..(row0 + n) * row_bytes];
-            let words = quant::to_gpu_layout(ty, rows_bytes, cols as usize).map_err(|e| {
-                crate::Error::TensorType {
-                    tensor: label.into(),
-                    source: e,
-                }
-            })?;
+            let words =
+                quant::to_gpu_layout(ty, rows_bytes, cols as usize).map_err(|e| match e {
+                    quant::LayoutError::Unsupported(source) => crate::Error::TensorType {
+                        tensor: label.into(),
+                        source,
+                    },
+                    shape => err(shape.to_string()),
+                })?;
             let buf = gpu.storage_init(label, bytemuck::cast_slice(&words))?;
             pieces.push(Piece {
                 row0: row0 as u32,

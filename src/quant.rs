@@ -203,6 +203,19 @@ pub const SUPPORTED_TYPES: [GgmlType; 12] = [
     GgmlType::Q6_K,
 ];
 
+/// Why [`to_gpu_layout`] refused a tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error(transparent)]
+    Unsupported(#[from] UnsupportedType),
+    #[error("{bytes} bytes are not whole rows of {cols} {ty:?} values (in blocks of {})", ty.gpu_block_elems())]
+    Shape {
+        ty: GgmlType,
+        cols: usize,
+        bytes: usize,
+    },
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("tensor type {0:?} is not supported by this runtime (supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)")]
 pub struct UnsupportedType(pub GgmlType);
@@ -371,12 +384,22 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, UnsupportedTyp
 /// block (whole 16-byte vectors, so kernels read them with wide loads, the cheap path on
 /// CPU-class devices and the coalesced one on GPUs), then the f16 scales and other per-block
 /// words, padded to a vector ([`GgmlType::gpu_row_vec4s`] vectors per row).
-pub fn to_gpu_layout(ty: GgmlType, bytes: &[u8], cols: usize) -> Result<Vec<u32>, UnsupportedType> {
+pub fn to_gpu_layout(ty: GgmlType, bytes: &[u8], cols: usize) -> Result<Vec<u32>, LayoutError> {
     use GgmlType::*;
     if !ty.supported() {
-        return Err(UnsupportedType(ty));
+        return Err(UnsupportedType(ty).into());
     }
-    let row_bytes = cols / ty.block_size() * ty.block_bytes();
+    // Whole rows only (at least one); checked, since the shape may come from a hostile file.
+    let row_bytes = (cols / ty.block_size())
+        .checked_mul(ty.block_bytes())
+        .filter(|&r| r > 0 && r <= bytes.len() && bytes.len().is_multiple_of(r));
+    let Some(row_bytes) = row_bytes.filter(|_| cols.is_multiple_of(ty.gpu_block_elems())) else {
+        return Err(LayoutError::Shape {
+            ty,
+            cols,
+            bytes: bytes.len(),
+        });
+    };
     let row_words = ty.gpu_row_vec4s(cols) * 4;
     let le = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
     let mut out = Vec::with_capacity(bytes.len() / row_bytes.max(1) * row_words);

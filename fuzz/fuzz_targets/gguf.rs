@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(v) = lamina::quant::dequantize(t.ty, bytes) {
                 assert_eq!(v.len() as u64, t.n_elements());
             }
-            let _ = lamina::quant::to_gpu_layout(t.ty, bytes);
+            let cols = t.dims.first().copied().unwrap_or(0) as usize;
+            if let Ok(w) = lamina::quant::to_gpu_layout(t.ty, bytes, cols) {
+                let rows = bytes.len() / (cols / t.ty.block_size() * t.ty.block_bytes());
+                assert_eq!(w.len(), rows * t.ty.gpu_row_vec4s(cols) * 4);
+            }
         }
     }
 });
