@@ -514,38 +514,26 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
                 out.extend((0..16).map(|j| (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)));
             }
         }
-        Q4_1 => {
+        Q4_1 | Q5_1 => {
+            let levels = if ty == Q4_1 { 15 } else { 31 };
             for b in x.chunks_exact(32) {
                 let min = b.iter().fold(f32::INFINITY, |a, &v| a.min(v));
                 let max = b.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                let d = (max - min) / 15.0;
+                let d = (max - min) / levels as f32;
                 let id = if d > 0.0 { 1.0 / d } else { 0.0 };
                 put_f16(&mut out, d);
                 put_f16(&mut out, min);
                 let q: Vec<u8> = b
                     .iter()
-                    .map(|v| (((v - min) * id + 0.5) as i32).clamp(0, 15) as u8)
+                    .map(|v| (((v - min) * id + 0.5) as i32).clamp(0, levels) as u8)
                     .collect();
-                out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
-            }
-        }
-        Q5_1 => {
-            for b in x.chunks_exact(32) {
-                let min = b.iter().fold(f32::INFINITY, |a, &v| a.min(v));
-                let max = b.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                let d = (max - min) / 31.0;
-                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-                put_f16(&mut out, d);
-                put_f16(&mut out, min);
-                let q: Vec<u8> = b
-                    .iter()
-                    .map(|v| (((v - min) * id + 0.5) as i32).clamp(0, 31) as u8)
-                    .collect();
-                let qh = q
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |a, (j, &qj)| a | ((qj as u32 >> 4) & 1) << j);
-                out.extend(qh.to_le_bytes());
+                if ty == Q5_1 {
+                    let qh = q
+                        .iter()
+                        .enumerate()
+                        .fold(0u32, |a, (j, &qj)| a | ((qj as u32 >> 4) & 1) << j);
+                    out.extend(qh.to_le_bytes());
+                }
                 out.extend((0..16).map(|j| (q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)));
             }
         }
