@@ -74,9 +74,7 @@ pub fn merge_into_gguf(
     let mut tensors = Vec::with_capacity(src.tensors.len());
     let mut changed = 0;
     for t in &src.tensors {
-        let target = (0..cfg.n_layer)
-            .flat_map(|l| (0..7).map(move |m| (l, m)))
-            .find(|&(l, m)| gguf_name(l, m) == t.name)
+        let target = module_of(&cfg, &t.name)
             .filter(|key| adapters.iter().any(|(w, _)| w.tensors.contains_key(key)));
         let Some((l, m)) = target else {
             tensors.push(writer::TensorData {
@@ -165,21 +163,12 @@ pub fn quantize_gguf(src: &GgufFile, ty: GgmlType, out: &Path) -> Result<Quantiz
             });
             continue;
         }
-        let cols = t.dims[0] as usize;
-        let mut out_ty = ty;
-        if !cols.is_multiple_of(ty.block_size()) {
-            out_ty = ty.fallback();
-            report.fallback += 1;
-        } else {
+        if (t.dims[0] as usize).is_multiple_of(ty.block_size()) {
             report.quantized += 1;
+        } else {
+            report.fallback += 1;
         }
-        if !cols.is_multiple_of(out_ty.block_size()) {
-            out_ty = GgmlType::F16;
-        }
-        let values = quant::dequantize(t.ty, bytes).map_err(|e| Error::TensorType {
-            tensor: t.name.clone(),
-            source: e,
-        })?;
+        let out_ty = ty.for_rows_of(t.dims[0] as usize).unwrap_or(GgmlType::F16);
         tensors.push(writer::TensorData {
             name: t.name.clone(),
             dims: t.dims.clone(),
@@ -187,7 +176,7 @@ pub fn quantize_gguf(src: &GgufFile, ty: GgmlType, out: &Path) -> Result<Quantiz
             bytes: if out_ty == t.ty {
                 bytes.to_vec()
             } else {
-                quant::quantize(out_ty, &values)
+                quant::quantize(out_ty, &dequantize(t, bytes)?)
             },
         });
     }
@@ -203,6 +192,22 @@ pub fn quantize_gguf(src: &GgufFile, ty: GgmlType, out: &Path) -> Result<Quantiz
     Ok(report)
 }
 
+/// Tensor `t` (its `bytes`) as f32 values.
+fn dequantize(t: &crate::gguf::TensorInfo, bytes: &[u8]) -> Result<Vec<f32>> {
+    quant::dequantize(t.ty, bytes).map_err(|e| Error::TensorType {
+        tensor: t.name.clone(),
+        source: e,
+    })
+}
+
+/// The (layer, module) a GGUF tensor name is the weight of, if it is one of the seven
+/// LoRA-targetable projections.
+fn module_of(cfg: &Config, name: &str) -> Option<(u32, usize)> {
+    (0..cfg.n_layer)
+        .flat_map(|l| (0..7).map(move |m| (l, m)))
+        .find(|&(l, m)| gguf_name(l, m) == name)
+}
+
 /// Tensor `t` (module `m` of layer `l`) with `adapters` folded in, as f32 in the GGUF row order.
 fn merged_values(
     cfg: &Config,
@@ -213,10 +218,7 @@ fn merged_values(
     m: usize,
 ) -> Result<Vec<f32>> {
     let (n_in, n_out) = module_dims(cfg, m);
-    let mut w = quant::dequantize(t.ty, bytes).map_err(|e| Error::TensorType {
-        tensor: t.name.clone(),
-        source: e,
-    })?;
+    let mut w = dequantize(t, bytes)?;
     if t.dims.len() != 2 || w.len() != (n_in as usize) * (n_out as usize) {
         return Err(Error::Model(format!(
             "tensor '{}' has shape {:?}, the model's config says [{n_in}, {n_out}]",
@@ -293,9 +295,7 @@ pub fn merge_into_hf(
                 t.name
             )));
         };
-        let target = (0..cfg.n_layer)
-            .flat_map(|l| (0..7).map(move |m| (l, m)))
-            .find(|&(l, m)| gguf_name(l, m) == t.name);
+        let target = module_of(&cfg, &t.name);
         let bytes = src.tensor_bytes(t);
         let mut values = match target {
             Some((l, m))
@@ -306,10 +306,7 @@ pub fn merge_into_hf(
                 changed += 1;
                 merged_values(&cfg, adapters, t, bytes, l, m)?
             }
-            _ => quant::dequantize(t.ty, bytes).map_err(|e| Error::TensorType {
-                tensor: t.name.clone(),
-                source: e,
-            })?,
+            _ => dequantize(t, bytes)?,
         };
         // Llama-layout GGUF files keep q/k rows (and biases) in adjacent-pair rotary order.
         let heads = match t.name.rsplit('.').nth(1) {

@@ -252,11 +252,7 @@ impl TensorSource for Quantizing<'_> {
         if t.dims.len() != 2 || !matches!(t.ty, GgmlType::F32 | GgmlType::F16) || t.ty == self.ty {
             return Ok(Some(t));
         }
-        let cols = t.dims[0] as usize;
-        let ty = [self.ty, self.ty.fallback()]
-            .into_iter()
-            .find(|ty| cols.is_multiple_of(ty.block_size()));
-        let Some(ty) = ty else {
+        let Some(ty) = self.ty.for_rows_of(t.dims[0] as usize) else {
             return Ok(Some(t));
         };
         let values = quant::dequantize(t.ty, &t.bytes).map_err(|e| Error::TensorType {

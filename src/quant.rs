@@ -58,6 +58,15 @@ impl GgmlType {
         }
     }
 
+    /// The type a matrix with rows of `cols` values gets when `self` is asked for: `self`, or
+    /// its [`fallback`](Self::fallback) where the rows do not divide into `self`'s blocks, or
+    /// `None` where neither fits.
+    pub fn for_rows_of(self, cols: usize) -> Option<GgmlType> {
+        [self, self.fallback()]
+            .into_iter()
+            .find(|t| cols.is_multiple_of(t.block_size()))
+    }
+
     pub fn from_id(id: u32) -> Option<Self> {
         use GgmlType::*;
         Some(match id {
