@@ -1,8 +1,9 @@
 #include dropout
 
 // LoRA down projection: U[t, j] = sum_k X[t, k] * A[j, k] for j < r, with X read as the
-// base matmul reads it (SWIGLU_INPUT: silu(gate) * up, for down_proj). One invocation per
-// (token, j): r is small, so each invocation walks a whole row of A with vec4 loads.
+// base matmul reads it (SWIGLU_INPUT: silu(gate) * up, for down_proj). Each invocation owns a
+// block of 4 tokens x 4 ranks and walks the rows with vec4 loads: each X vector (and its
+// SwiGLU and dropout) is used for four ranks, each A vector for four tokens.
 // DROPOUT (training): X goes through inverted dropout first (see dropout.wgsl).
 
 override SWIGLU_INPUT: bool = false;
@@ -46,15 +47,40 @@ fn load_x(t: u32, k4: u32) -> vec4<f32> {
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = gid.x + gid.y * nwg.x * 64u;
-    let j = idx % p.r;
-    let t = idx / p.r;
-    if (t >= p.t) {
+    let rank_blocks = (p.r + 3u) / 4u;
+    let t0 = (idx / rank_blocks) * 4u;
+    let j0 = (idx % rank_blocks) * 4u;
+    if (t0 >= p.t) {
         return;
     }
     let k4 = p.k / 4u;
-    var s = vec4<f32>(0.0);
+    let lt = p.t - 1u;
+    let t1 = min(t0 + 1u, lt);
+    let t2 = min(t0 + 2u, lt);
+    let t3 = min(t0 + 3u, lt);
+    let lr = p.r - 1u;
+    let a0 = j0 * k4;
+    let a1 = min(j0 + 1u, lr) * k4;
+    let a2 = min(j0 + 2u, lr) * k4;
+    let a3 = min(j0 + 3u, lr) * k4;
+    var acc = mat4x4<f32>(); // [token][rank]
     for (var i = 0u; i < k4; i++) {
-        s += load_x(t, i) * A[j * k4 + i];
+        let w = mat4x4<f32>(A[a0 + i], A[a1 + i], A[a2 + i], A[a3 + i]);
+        // x * w is the row vector of x's dot products with the four rank rows.
+        acc[0] += load_x(t0, i) * w;
+        acc[1] += load_x(t1, i) * w;
+        acc[2] += load_x(t2, i) * w;
+        acc[3] += load_x(t3, i) * w;
     }
-    U[t * p.r + j] = s.x + s.y + s.z + s.w;
+    for (var ti = 0u; ti < 4u; ti++) {
+        let t = t0 + ti;
+        if (t < p.t) {
+            let row = acc[ti];
+            for (var c = 0u; c < 4u; c++) {
+                if (j0 + c < p.r) {
+                    U[t * p.r + j0 + c] = row[c];
+                }
+            }
+        }
+    }
 }

@@ -685,7 +685,8 @@ pub fn lora_down(
         ],
         &params,
         &[a, x, u],
-        grid((t * r).div_ceil(64)),
+        // One invocation per block of 4 tokens x 4 ranks.
+        grid((t.div_ceil(4) * r.div_ceil(4)).div_ceil(64)),
     )
 }
 
@@ -723,7 +724,8 @@ pub fn lora_up(
         scale,
         _pad: [0; 2],
     };
-    let [gx, gy, _] = grid((t * n).div_ceil(64));
+    // One invocation per block of 4 tokens x 4 outputs.
+    let [gx, gy, _] = grid((t.div_ceil(4) * n.div_ceil(4)).div_ceil(64));
     dispatch(gpu, "lora_up", &[], &params, &[b, u, y], [gx, gy, 1])
 }
 
@@ -928,11 +930,13 @@ pub fn lora_backward(
         seed: s.dropout.seed,
         _pad: 0,
     };
+    // One invocation per 4 x 4 block of the output (see the shader).
+    let blocks = |v: u32| v.div_ceil(4);
     let (mode, accumulate, count) = match grad {
-        LoraGrad::DU => (0, false, s.t * s.r),
-        LoraGrad::DB { accumulate } => (1, accumulate, s.n * s.r),
-        LoraGrad::DA { accumulate } => (2, accumulate, s.r * s.k),
-        LoraGrad::DX => (3, false, s.t * s.k),
+        LoraGrad::DU => (0, false, blocks(s.t) * blocks(s.r)),
+        LoraGrad::DB { accumulate } => (1, accumulate, blocks(s.n) * blocks(s.r)),
+        LoraGrad::DA { accumulate } => (2, accumulate, blocks(s.r) * blocks(s.k)),
+        LoraGrad::DX => (3, false, blocks(s.t) * blocks(s.k)),
     };
     let constants = [
         ("MODE", mode),
