@@ -370,6 +370,10 @@ pub fn merge_into_hf(
         "bos_token_id": tokenizer.bos_id(),
         "eos_token_id": tokenizer.eos_ids().first(),
     });
+    if arch.0 == "llama" && src.tensor("blk.0.attn_q.bias").is_some() {
+        // Llama checkpoints with q/k/v biases say so (Qwen2's always have them).
+        config["attention_bias"] = serde_json::json!(true);
+    }
     if cfg.rope_linear != 1.0 {
         config["rope_scaling"] = serde_json::json!({"type": "linear", "factor": cfg.rope_linear});
     }

@@ -130,6 +130,11 @@ pub struct EngineOptions {
     /// devices whose drivers misbehave, and for tests).
     #[uniffi(default = false)]
     pub force_fallback_shaders: bool,
+    /// Quantize a Hugging Face checkpoint's float weight matrices to this type while loading
+    /// (`"q8_0"`, `"q4_k"`, ... as `lamina quantize --type` names them), one tensor at a
+    /// time, so a checkpoint that would not fit dequantized does; GGUF files load as they are.
+    #[uniffi(default = None)]
+    pub quantize: Option<String>,
 }
 
 impl Default for EngineOptions {
@@ -138,6 +143,7 @@ impl Default for EngineOptions {
             context_length: 2048,
             f16_kv_cache: false,
             force_fallback_shaders: false,
+            quantize: None,
         }
     }
 }
@@ -741,6 +747,14 @@ impl Engine {
                 options.context_length
             )));
         }
+        let quantize = options
+            .quantize
+            .as_deref()
+            .map(|name| {
+                name.parse::<lamina::quant::GgmlType>()
+                    .map_err(|e| LaminaError::InvalidArgument(format!("quantize \"{name}\": {e}")))
+            })
+            .transpose()?;
         // The defaults honour LAMINA_NO_F16, LAMINA_NO_SUBGROUPS and LAMINA_GPU_KERNELS, as
         // the command line does.
         let fallback = options.force_fallback_shaders;
@@ -754,6 +768,7 @@ impl Engine {
             model: ModelOptions {
                 context: options.context_length,
                 kv_f16: options.f16_kv_cache,
+                quantize,
                 ..Default::default()
             },
         };

@@ -154,3 +154,45 @@ fn bad_arguments_are_invalid_argument() {
         .unwrap();
     assert!(g.tokens_generated > 0);
 }
+
+#[test]
+fn quantize_names_a_type_or_is_invalid_argument() {
+    let checkpoint = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/smollm2-2layer-hf/checkpoint"
+    );
+    let with = |q: Option<&str>| {
+        Engine::new(
+            Some(checkpoint.to_string()),
+            EngineOptions {
+                quantize: q.map(String::from),
+                ..Default::default()
+            },
+        )
+    };
+    let e = with(Some("q9_9")).err();
+    assert!(
+        matches!(&e, Some(LaminaError::InvalidArgument(m)) if m.contains("q9_9") && m.contains("q4_k")),
+        "{e:?}"
+    );
+    // The f16 checkpoint as it is, then quantized to 4.5 bits a weight while loading.
+    let plain = with(None).unwrap();
+    let quantized = with(Some("q4_0")).unwrap();
+    let (a, b) = (
+        plain.device_info().bytes_in_use,
+        quantized.device_info().bytes_in_use,
+    );
+    assert!(b * 2 < a, "q4_0 holds {b} bytes, the f16 checkpoint {a}");
+    let g = quantized
+        .generate(
+            "The capital of France is".into(),
+            GenerateParams {
+                max_tokens: 4,
+                temperature: 0.0,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(g.tokens_generated, 4);
+}
