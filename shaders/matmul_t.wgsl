@@ -24,6 +24,34 @@ struct Params {
 @group(0) @binding(2) var<storage, read> DY: array<f32>;
 @group(0) @binding(3) var<storage, read_write> DX: array<vec4<f32>>;
 
+// DY of token t for rows n .. n + 4 of this dispatch (0 past the last row).
+fn dy4(t: u32, n: u32) -> vec4<f32> {
+    let col = p.dy_col + p.w_row0 + n;
+    let base = t * p.dy_stride + col;
+    let l = p.n - 1u - n; // rows left after n
+    return vec4<f32>(DY[base], select(0.0, DY[base + min(1u, l)], l >= 1u),
+        select(0.0, DY[base + min(2u, l)], l >= 2u), select(0.0, DY[base + min(3u, l)], l >= 3u));
+}
+
+// Adds part i (4 columns) of four rows' chunks, weighted by each token's DY for those rows,
+// to the token's sums: the four rows' products are summed before they reach the sums, so
+// the sums are updated once per four rows.
+fn rows4(i: u32, ra: WRow, rb: WRow, rc: WRow, rd: WRow, j: u32, sub: u32,
+    g0: vec4<f32>, g1: vec4<f32>, g2: vec4<f32>, g3: vec4<f32>,
+    a0: ptr<function, array<vec4<f32>, 8>>, a1: ptr<function, array<vec4<f32>, 8>>,
+    a2: ptr<function, array<vec4<f32>, 8>>, a3: ptr<function, array<vec4<f32>, 8>>) {
+    let wa = dq4(ra, j, sub, i);
+    let wb = dq4(rb, j, sub, i);
+    let wc = dq4(rc, j, sub, i);
+    let wd = dq4(rd, j, sub, i);
+    (*a0)[i] += g0.x * wa + g0.y * wb + g0.z * wc + g0.w * wd;
+    if (TB == 4u) {
+        (*a1)[i] += g1.x * wa + g1.y * wb + g1.z * wc + g1.w * wd;
+        (*a2)[i] += g2.x * wa + g2.y * wb + g2.z * wc + g2.w * wd;
+        (*a3)[i] += g3.x * wa + g3.y * wb + g3.z * wc + g3.w * wd;
+    }
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let idx = gid.x + gid.y * nwg.x * 64u;
@@ -44,21 +72,32 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     var a2: array<vec4<f32>, 8>;
     var a3: array<vec4<f32>, 8>;
     let last = p.t - 1u;
-    for (var n = 0u; n < p.n; n++) {
-        let col = p.dy_col + p.w_row0 + n;
-        var g = vec4<f32>(DY[t0 * p.dy_stride + col], 0.0, 0.0, 0.0);
+    let last_row = p.w_row0 + p.n - 1u;
+    // Four rows per iteration: a software device blends every sum with the loop's mask on
+    // each iteration, so fewer, fuller iterations cost less.
+    for (var n = 0u; n < p.n; n += 4u) {
+        let g0 = dy4(t0, n);
+        var g1 = vec4<f32>(0.0);
+        var g2 = vec4<f32>(0.0);
+        var g3 = vec4<f32>(0.0);
         if (TB == 4u) {
-            g.y = DY[min(t0 + 1u, last) * p.dy_stride + col];
-            g.z = DY[min(t0 + 2u, last) * p.dy_stride + col];
-            g.w = DY[min(t0 + 3u, last) * p.dy_stride + col];
+            g1 = dy4(min(t0 + 1u, last), n);
+            g2 = dy4(min(t0 + 2u, last), n);
+            g3 = dy4(min(t0 + 3u, last), n);
         }
-        let w = dq_chunk(wrow(p.w_row0 + n, p.k), j, sub);
-        axpy8(&a0, g.x, w);
-        if (TB == 4u) {
-            axpy8(&a1, g.y, w);
-            axpy8(&a2, g.z, w);
-            axpy8(&a3, g.w, w);
-        }
+        let r = p.w_row0 + n;
+        let ra = wrow(r, p.k);
+        let rb = wrow(min(r + 1u, last_row), p.k);
+        let rc = wrow(min(r + 2u, last_row), p.k);
+        let rd = wrow(min(r + 3u, last_row), p.k);
+        rows4(0u, ra, rb, rc, rd, j, sub, g0, g1, g2, g3, &a0, &a1, &a2, &a3);
+        rows4(1u, ra, rb, rc, rd, j, sub, g0, g1, g2, g3, &a0, &a1, &a2, &a3);
+        rows4(2u, ra, rb, rc, rd, j, sub, g0, g1, g2, g3, &a0, &a1, &a2, &a3);
+        rows4(3u, ra, rb, rc, rd, j, sub, g0, g1, g2, g3, &a0, &a1, &a2, &a3);
+        rows4(4u, ra, rb, rc, rd, j, sub, g0, g1, g2, g3, &a0, &a1, &a2, &a3);
+        rows4(5u, ra, rb, rc, rd, j, sub, g0, g1, g2, g3, &a0, &a1, &a2, &a3);
+        rows4(6u, ra, rb, rc, rd, j, sub, g0, g1, g2, g3, &a0, &a1, &a2, &a3);
+        rows4(7u, ra, rb, rc, rd, j, sub, g0, g1, g2, g3, &a0, &a1, &a2, &a3);
     }
     store8(t0, c, a0);
     if (TB == 4u) {
@@ -66,18 +105,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         store8(t0 + 2u, c, a2);
         store8(t0 + 3u, c, a3);
     }
-}
-
-// (*a)[i] += g * w[i], written out.
-fn axpy8(a: ptr<function, array<vec4<f32>, 8>>, g: f32, w: array<vec4<f32>, 8>) {
-    (*a)[0] += g * w[0];
-    (*a)[1] += g * w[1];
-    (*a)[2] += g * w[2];
-    (*a)[3] += g * w[3];
-    (*a)[4] += g * w[4];
-    (*a)[5] += g * w[5];
-    (*a)[6] += g * w[6];
-    (*a)[7] += g * w[7];
 }
 
 // Writes (or adds) token t's 32 sums of chunk c.
