@@ -192,6 +192,140 @@ pub fn quantize_gguf(src: &GgufFile, ty: GgmlType, out: &Path) -> Result<Quantiz
     Ok(report)
 }
 
+/// GGUF names of a model's tensors, in llama.cpp's order, and whether each must exist.
+fn gguf_tensor_names(cfg: &Config) -> Vec<(String, bool)> {
+    let mut names = vec![("token_embd.weight".to_string(), true)];
+    for l in 0..cfg.n_layer {
+        for (part, required) in [
+            ("attn_norm.weight", true),
+            ("attn_q.weight", true),
+            ("attn_q.bias", false),
+            ("attn_k.weight", true),
+            ("attn_k.bias", false),
+            ("attn_v.weight", true),
+            ("attn_v.bias", false),
+            ("attn_output.weight", true),
+            ("ffn_norm.weight", true),
+            ("ffn_gate.weight", true),
+            ("ffn_up.weight", true),
+            ("ffn_down.weight", true),
+        ] {
+            names.push((format!("blk.{l}.{part}"), required));
+        }
+    }
+    names.push(("output_norm.weight".into(), true));
+    names.push(("output.weight".into(), false)); // absent when tied to the embeddings
+    names
+}
+
+/// Writes a Hugging Face checkpoint (F32/F16/BF16 safetensors) as a GGUF file with every
+/// weight matrix quantized to `ty` (or its [`GgmlType::fallback`]), atomically, one tensor
+/// at a time. The GGUF follows llama.cpp's converter: its architecture keys, tensor names,
+/// q/k rows in the adjacent-pair rotary order for Llama-family models, norms and biases in
+/// F32, and the tokenizer and chat template as `tokenizer.*` metadata
+/// ([`Tokenizer::gguf_metadata`]).
+pub fn quantize_checkpoint(
+    ck: &crate::hf::Checkpoint,
+    tokenizer: &crate::tokenizer::Tokenizer,
+    ty: GgmlType,
+    out: &Path,
+) -> Result<QuantizeReport> {
+    use crate::model::TensorSource;
+    if !ty.supported() {
+        return Err(Error::Invalid(format!("cannot quantize to {ty:?}")));
+    }
+    let cfg = &ck.config;
+    let arch = cfg.arch.as_str();
+    let k = |s: &str| format!("{arch}.{s}");
+    let name = ck.name_or_path().unwrap_or_else(|| {
+        ck.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("general.name".into(), Value::String(name)),
+        (k("context_length"), Value::U32(cfg.ctx_train)),
+        (k("embedding_length"), Value::U32(cfg.n_embd)),
+        (k("block_count"), Value::U32(cfg.n_layer)),
+        (k("feed_forward_length"), Value::U32(cfg.n_ff)),
+        (k("attention.head_count"), Value::U32(cfg.n_head)),
+        (k("attention.head_count_kv"), Value::U32(cfg.n_kv_head)),
+        (k("attention.key_length"), Value::U32(cfg.head_dim)),
+        (k("attention.value_length"), Value::U32(cfg.head_dim)),
+        (k("rope.dimension_count"), Value::U32(cfg.head_dim)),
+        (k("rope.freq_base"), Value::F32(cfg.rope_theta)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_eps),
+        ),
+        (k("vocab_size"), Value::U32(cfg.vocab)),
+    ];
+    if cfg.rope_linear != 1.0 {
+        metadata.push((k("rope.scaling.type"), Value::String("linear".into())));
+        metadata.push((k("rope.scaling.factor"), Value::F32(cfg.rope_linear)));
+    }
+    metadata.extend(tokenizer.gguf_metadata()?);
+    // Llama-family GGUFs rotate adjacent pairs, so their q/k rows are permuted per head
+    // (the checkpoint's model rotates (i, i + d/2) pairs instead; qwen2 GGUFs keep HF's order).
+    let gguf_rope_neox = arch == "qwen2";
+
+    let mut report = QuantizeReport::default();
+    let mut tensors = Vec::new();
+    for (gname, required) in gguf_tensor_names(cfg) {
+        let Some(t) = ck.get(&gname)? else {
+            if required {
+                return Err(Error::Model(format!(
+                    "{}: the checkpoint has no '{}'",
+                    ck.dir.display(),
+                    crate::hf::hf_tensor_name(&gname).unwrap_or(gname)
+                )));
+            }
+            continue;
+        };
+        let mut values = quant::dequantize(t.ty, &t.bytes).map_err(|e| Error::TensorType {
+            tensor: gname.clone(),
+            source: e,
+        })?;
+        let heads = match gname.rsplit('.').nth(1) {
+            Some("attn_q") => Some(cfg.n_head),
+            Some("attn_k") => Some(cfg.n_kv_head),
+            _ => None,
+        };
+        if let (Some(heads), false) = (heads, gguf_rope_neox) {
+            let cols = if t.dims.len() == 2 {
+                t.dims[0] as usize
+            } else {
+                1
+            };
+            values = crate::adapter::permute_rows_for_gguf(&values, heads, cfg.head_dim, cols)?;
+        }
+        let (out_ty, bytes) = if t.dims.len() < 2 {
+            report.copied += 1;
+            (GgmlType::F32, quant::quantize(GgmlType::F32, &values))
+        } else {
+            let out_ty = ty.for_rows_of(t.dims[0] as usize).unwrap_or(GgmlType::F16);
+            if out_ty == ty {
+                report.quantized += 1;
+            } else {
+                report.fallback += 1;
+            }
+            (out_ty, quant::quantize(out_ty, &values))
+        };
+        tensors.push(writer::TensorData {
+            name: gname,
+            dims: t.dims.clone(),
+            ty: out_ty,
+            bytes,
+        });
+    }
+    let bytes = writer::write(&metadata, &tensors);
+    report.bytes = bytes.len() as u64;
+    crate::fetch::write_atomic(out, &bytes)?;
+    Ok(report)
+}
+
 /// Tensor `t` (its `bytes`) as f32 values.
 fn dequantize(t: &crate::gguf::TensorInfo, bytes: &[u8]) -> Result<Vec<f32>> {
     quant::dequantize(t.ty, bytes).map_err(|e| Error::TensorType {

@@ -245,6 +245,57 @@ fn byte_level_pipeline(
     })
 }
 
+/// Texts on which a tokenizer rebuilt from GGUF metadata must split as the original did:
+/// digits, contractions, whitespace runs, newlines, accents (NFC), CJK, emoji and code.
+const GGUF_PROBES: &[&str] = &[
+    "Hello world! It's 2026, isn't it? 1234567 + 89 = 1234656.",
+    "  two  spaces\n\n\tand a tab\r\nWindows line\n",
+    "caf\u{e9} cafe\u{301} na\u{ef}ve \u{d1}and\u{fa} \u{4e2d}\u{6587}\u{5206}\u{8bcd} \u{1f600}\u{1f44d}\u{1f3fd}",
+    "fn main() { let x: Vec<u32> = (0..10).map(|i| i * 2).collect(); }",
+    "I'LL SEE YOU'RE THEY'VE we'd",
+    "    indented\n        more\n",
+];
+
+/// The `tokenizer.ggml.pre` name whose pipeline ([`byte_level_pipeline`]) matches a
+/// `tokenizer.json` pre-tokenizer and normalizer (as serde_json values), if one does.
+fn byte_level_pre_name(
+    pre: &serde_json::Value,
+    normalizer: &serde_json::Value,
+) -> Option<&'static str> {
+    let ty = |v: &serde_json::Value| v.get("type").and_then(|t| t.as_str()).map(str::to_string);
+    let parts: Vec<&serde_json::Value> = match ty(pre).as_deref() {
+        Some("Sequence") => pre.get("pretokenizers")?.as_array()?.iter().collect(),
+        _ => vec![pre],
+    };
+    let byte_level = |v: &serde_json::Value, regex: bool| {
+        ty(v).as_deref() == Some("ByteLevel")
+            && v.get("use_regex").and_then(|b| b.as_bool()) == Some(regex)
+            && v.get("add_prefix_space").and_then(|b| b.as_bool()) == Some(false)
+    };
+    let nfc = ty(normalizer).as_deref() == Some("NFC");
+    let name = match parts.as_slice() {
+        [d, b]
+            if ty(d).as_deref() == Some("Digits")
+                && d.get("individual_digits").and_then(|b| b.as_bool()) == Some(true)
+                && byte_level(b, true) =>
+        {
+            "smollm"
+        }
+        [s, b] if ty(s).as_deref() == Some("Split") && byte_level(b, false) => {
+            match s.get("pattern")?.get("Regex")?.as_str()? {
+                QWEN2_REGEX => "qwen2",
+                LLAMA3_REGEX => "llama-bpe",
+                _ => return None,
+            }
+        }
+        [b] if byte_level(b, true) => "gpt2",
+        _ => return None,
+    };
+    // The pipeline of each name has its normalizer (NFC for qwen2, none for the others).
+    let wants_nfc = name == "qwen2";
+    (normalizer.is_null() && !wants_nfc || nfc && wants_nfc).then_some(name)
+}
+
 /// Longest token [`merges_from_scores`] derives merges for.
 const MAX_MERGED_TOKEN_BYTES: usize = 1024;
 
@@ -628,6 +679,129 @@ impl Tokenizer {
             crate::fetch::write_atomic(&dir.join(name), text.as_bytes())?;
         }
         Ok(())
+    }
+
+    /// The `tokenizer.ggml.*` metadata (and chat template) from which [`Tokenizer::from_gguf`]
+    /// builds this tokenizer again, for writing a GGUF file. Byte-level BPE tokenizers
+    /// (GPT-2 style: SmolLM2, Qwen2, Llama 3) are supported; the pre-tokenizer is named by the
+    /// `tokenizer.ggml.pre` value that selects the same regex and normalizer. Anything else
+    /// is an error naming what differs, and so is any probe text the rebuilt tokenizer would
+    /// split differently: a GGUF that silently tokenized otherwise would give wrong answers.
+    pub fn gguf_metadata(&self) -> Result<Vec<(String, Value)>> {
+        use crate::gguf::Array;
+        let unsupported = |what: String| {
+            Error::Tokenizer(format!(
+                "this tokenizer cannot be written to GGUF: {what} (byte-level BPE as in \
+                 SmolLM2, Qwen2 and Llama 3 is supported)"
+            ))
+        };
+        let json = |v: serde_json::Result<serde_json::Value>| v.map_err(tok_err);
+        let model = json(serde_json::to_value(self.inner.get_model()))?;
+        if model.get("type").and_then(|t| t.as_str()) != Some("BPE") {
+            return Err(unsupported(format!("model {}", model["type"])));
+        }
+        if model.get("byte_fallback").and_then(|b| b.as_bool()) == Some(true) {
+            return Err(unsupported(
+                "a SentencePiece-style BPE with byte fallback".into(),
+            ));
+        }
+        let pre = json(serde_json::to_value(self.inner.get_pre_tokenizer()))?;
+        let normalizer = json(serde_json::to_value(self.inner.get_normalizer()))?;
+        let name = byte_level_pre_name(&pre, &normalizer).ok_or_else(|| {
+            unsupported(format!("pre-tokenizer {pre} with normalizer {normalizer}"))
+        })?;
+
+        let mut tokens: Vec<String> = (0..self.vocab_size).map(|i| format!("[PAD{i}]")).collect();
+        for (t, id) in self.inner.get_vocab(true) {
+            if let Some(slot) = tokens.get_mut(id as usize) {
+                *slot = t;
+            }
+        }
+        let mut types = vec![TYPE_NORMAL as i32; self.vocab_size];
+        for (id, t) in self.inner.get_added_tokens_decoder() {
+            if let Some(slot) = types.get_mut(id as usize) {
+                *slot = if t.special {
+                    TYPE_CONTROL
+                } else {
+                    TYPE_USER_DEFINED
+                } as i32;
+            }
+        }
+        // Merges are "a b" strings in tokenizer.json's older format, [a, b] pairs in the newer.
+        let merges = model
+            .get("merges")
+            .and_then(|m| m.as_array())
+            .ok_or_else(|| unsupported("a BPE model without merges".into()))?
+            .iter()
+            .map(|m| match m {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Array(pair) => match pair.as_slice() {
+                    [serde_json::Value::String(a), serde_json::Value::String(b)] => {
+                        Some(format!("{a} {b}"))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(|| unsupported("a merge that is not two tokens".into()))?;
+
+        // BOS/EOS that tokenizer.json's post-processor adds become add_*_token flags.
+        let with = self.encode("a", true)?;
+        let without = self.encode("a", false)?;
+        let add_bos = self.bos.is_some()
+            && with.first() == self.bos.as_ref()
+            && without.first() != self.bos.as_ref();
+        let eos = self
+            .eos_token
+            .as_deref()
+            .and_then(|t| self.inner.token_to_id(t));
+        let add_eos =
+            eos.is_some() && with.last() == eos.as_ref() && without.last() != eos.as_ref();
+
+        let mut meta: Vec<(String, Value)> = vec![
+            (K_MODEL.into(), Value::String("gpt2".into())),
+            (K_PRE.into(), Value::String(name.into())),
+            (K_TOKENS.into(), Value::Array(Array::String(tokens))),
+            (K_TOKEN_TYPE.into(), Value::Array(Array::I32(types))),
+            (K_MERGES.into(), Value::Array(Array::String(merges))),
+            (K_ADD_BOS.into(), Value::Bool(add_bos)),
+            (K_ADD_EOS.into(), Value::Bool(add_eos)),
+        ];
+        if let Some(b) = self.bos {
+            meta.push((K_BOS.into(), Value::U32(b)));
+        }
+        // The stop ids: EOS first, then up to two more as end-of-turn / end-of-message.
+        let mut stops: Vec<u32> = eos.into_iter().collect();
+        stops.extend(self.eos_ids.iter().filter(|id| Some(**id) != eos));
+        for (key, id) in [K_EOS, K_EOT, K_EOM].into_iter().zip(&stops) {
+            meta.push((key.into(), Value::U32(*id)));
+        }
+        if let Some(t) = &self.chat_template {
+            meta.push((K_CHAT_TEMPLATE.into(), Value::String(t.clone())));
+        }
+
+        // Rebuild from the metadata and compare on text that exercises the pre-tokenizer.
+        let bytes = crate::gguf::writer::write(&meta, &[]);
+        let rebuilt = Tokenizer::from_gguf(&GgufFile::from_bytes("tokenizer", bytes)?)?;
+        let mut probes: Vec<String> = GGUF_PROBES.iter().map(|s| s.to_string()).collect();
+        probes.extend(
+            self.inner
+                .get_added_tokens_decoder()
+                .values()
+                .map(|t| format!("x{}y {} 12", t.content, t.content)),
+        );
+        for text in &probes {
+            for special in [false, true] {
+                let (a, b) = (self.encode(text, special)?, rebuilt.encode(text, special)?);
+                if a != b {
+                    return Err(unsupported(format!(
+                        "rebuilt from GGUF metadata it splits {text:?} into {b:?}, not {a:?}"
+                    )));
+                }
+            }
+        }
+        Ok(meta)
     }
 
     /// Token ids of `text`. Special tokens written in the text (e.g. `<|im_start|>`) are single

@@ -216,3 +216,87 @@ fn quantize_at_load_makes_the_matrices_that_type() {
         assert!(d < bound, "{ty:?}: {d}");
     }
 }
+
+/// `lamina quantize` from a checkpoint folder writes a GGUF in llama.cpp's layout (Llama q/k
+/// rows in adjacent-pair rotary order, `tokenizer.ggml.*` metadata) that loads to the same
+/// model: F32 gives the checkpoint's logits, Q8_0 exactly what quantizing at load gives, and
+/// its tokenizer splits text, renders the chat template and stops as tokenizer.json does.
+#[test]
+fn quantize_a_checkpoint_folder_to_a_gguf_file() {
+    use lamina::gguf::GgufFile;
+    use lamina::tokenizer::{ChatMessage, Tokenizer};
+    let src = Path::new(DIR).join("checkpoint");
+    let dir = std::env::temp_dir().join(format!("lamina-hf-quantize-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ids, want) = reference();
+    let from_checkpoint = load(&src, None)
+        .unwrap()
+        .model_mut()
+        .forward_all(&ids)
+        .unwrap();
+    let hf = Tokenizer::from_json_file(&src.join("tokenizer.json")).unwrap();
+    for ty in ["f32", "q8_0"] {
+        let out = dir.join(format!("{ty}.gguf"));
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_lamina"))
+            .args(["quantize", "--type", ty])
+            .arg(&src)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let g = GgufFile::open(&out).unwrap();
+        assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
+        // This tokenizer.json pre-tokenizes with plain GPT-2 byte-level (its vocabulary has
+        // no multi-digit tokens, so it splits digits as llama.cpp's "smollm" does).
+        assert_eq!(g.get_str("tokenizer.ggml.pre").unwrap(), "gpt2");
+        let mut e = load(&out, None).unwrap();
+        assert!(
+            !e.model().cfg.rope_neox,
+            "a llama GGUF rotates adjacent pairs"
+        );
+        let got = e.model_mut().forward_all(&ids).unwrap();
+        if ty == "f32" {
+            let d = rel_diff(&got, &from_checkpoint);
+            eprintln!("F32 GGUF vs the checkpoint: {d:.2e}");
+            assert!(d < 1e-5, "{d}");
+            assert!(rel_diff(&got, &want) < 1e-3);
+        } else {
+            let at_load = load(&src, Some(GgmlType::Q8_0))
+                .unwrap()
+                .model_mut()
+                .forward_all(&ids)
+                .unwrap();
+            let d = rel_diff(&got, &at_load);
+            eprintln!("Q8_0 GGUF vs Q8_0 at load: {d:.2e}");
+            assert!(d < 1e-5, "{d}");
+        }
+        let t = e.tokenizer();
+        for text in [
+            "Numbers 3.14159 and 2,718,281; emoji \u{1f680}, Gr\u{fc}\u{df}e, \u{65e5}\u{672c}\u{8a9e}.",
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n  tabs\tand\n\nblank lines<|im_end|>",
+            "def f(x):\n    return x**2  # squared",
+        ] {
+            for special in [false, true] {
+                let a = t.encode(text, special).unwrap();
+                assert_eq!(a, hf.encode(text, special).unwrap(), "{text:?}");
+                assert_eq!(t.decode(&a, false).unwrap(), hf.decode(&a, false).unwrap());
+            }
+        }
+        let chat = [
+            ChatMessage::new("system", "You are terse."),
+            ChatMessage::new("user", "Name a prime."),
+        ];
+        assert_eq!(
+            t.apply_chat_template(&chat, true).unwrap(),
+            hf.apply_chat_template(&chat, true).unwrap()
+        );
+        assert_eq!(t.eos_ids(), hf.eos_ids());
+        assert_eq!(t.bos_id(), hf.bos_id());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -148,6 +148,32 @@ fn check_tokenizer(m: &Model) {
     let im_end = t.token_id("<|im_end|>").unwrap();
     assert_eq!(im_end, 151645);
     assert!(t.is_eos(im_end), "eos ids {:?}", t.eos_ids());
+
+    // Written as tokenizer.json, then back to GGUF metadata as `lamina quantize` does for a
+    // checkpoint folder, it still splits text as transformers does.
+    let dir = std::env::temp_dir().join(format!("lamina-qwen-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    t.write_hf(&dir).unwrap();
+    let hf = Tokenizer::from_json_file(&dir.join("tokenizer.json")).unwrap();
+    let meta = hf.gguf_metadata().unwrap();
+    let pre = meta
+        .iter()
+        .find(|(k, _)| k == "tokenizer.ggml.pre")
+        .unwrap();
+    assert_eq!(pre.1.as_str(), Some("qwen2"));
+    let bytes = lamina::gguf::writer::write(&meta, &[]);
+    let back = Tokenizer::from_gguf(&GgufFile::from_bytes("meta", bytes).unwrap()).unwrap();
+    for case in expected["tokenization"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            back.encode(text, true).unwrap(),
+            json_ids(&case["ids"]),
+            "{text:?}"
+        );
+    }
+    assert_eq!(back.apply_chat_template(&messages, true).unwrap(), rendered);
+    assert_eq!(back.eos_ids(), t.eos_ids());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Compares the logits of every prompt position; returns a description of what is off.

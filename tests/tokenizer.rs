@@ -720,3 +720,24 @@ fn a_template_repeating_messages_a_huge_number_of_times_is_an_error() {
         }
     }
 }
+
+/// GGUF metadata written from a tokenizer (`lamina quantize` of a checkpoint folder) builds
+/// the same tokenizer again; a kind that cannot be written is a clear error, not a file that
+/// tokenizes differently.
+#[test]
+fn gguf_metadata_rebuilds_the_tokenizer_or_says_why_not() {
+    let t = smollm_gguf();
+    let meta = t.gguf_metadata().unwrap();
+    let pairs: Vec<(&str, Value)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let back = tokenizer_from_meta(&pairs).unwrap();
+    let (chat, rendered, ids) = chat_case();
+    assert_eq!(back.apply_chat_template(&chat, true).unwrap(), rendered);
+    assert_eq!(back.encode(&rendered, true).unwrap(), ids);
+    for (text, ids) in tokenization_cases() {
+        assert_eq!(back.encode(&text, true).unwrap(), ids, "{text:?}");
+    }
+    assert_eq!(back.eos_ids(), t.eos_ids());
+    let spm = tokenizer_from_meta(&spm_meta(None)).unwrap();
+    let err = spm.gguf_metadata().unwrap_err().to_string();
+    assert!(err.contains("SentencePiece"), "{err}");
+}

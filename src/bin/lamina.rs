@@ -323,7 +323,9 @@ enum Cmd {
         /// q8_0), as llama.cpp does; norms and biases are copied.
         #[arg(long = "type")]
         ty: String,
-        /// Source GGUF file or model name (smollm2, qwen2.5-0.5b, qwen2.5-1.5b).
+        /// Source: a GGUF file, a model name (smollm2, qwen2.5-0.5b, qwen2.5-1.5b), or a
+        /// Hugging Face checkpoint folder (F32/F16/BF16; tokenizer and chat template carried
+        /// over into the GGUF metadata).
         input: PathBuf,
         /// Output GGUF file (written atomically).
         out: PathBuf,
@@ -679,8 +681,15 @@ fn run(cli: Cli) -> lamina::Result<()> {
         Cmd::Quantize { ty, input, out } => {
             let ty = parse_type(&ty).map_err(lamina::Error::Invalid)?;
             let path = resolve(Some(&input))?;
-            let gguf = lamina::gguf::GgufFile::open(&path)?;
-            let r = lamina::merge::quantize_gguf(&gguf, ty, &out)?;
+            let r = if Checkpoint::is_checkpoint(&path) {
+                let ckpt = Checkpoint::open(&path)?;
+                let tok =
+                    lamina::tokenizer::Tokenizer::from_json_file(&path.join("tokenizer.json"))?;
+                lamina::merge::quantize_checkpoint(&ckpt, &tok, ty, &out)?
+            } else {
+                let gguf = lamina::gguf::GgufFile::open(&path)?;
+                lamina::merge::quantize_gguf(&gguf, ty, &out)?
+            };
             eprintln!(
                 "{}: {} matrices in {ty:?}, {} in its fallback type, {} tensors copied, {:.1} MB",
                 out.display(),
