@@ -7,6 +7,7 @@
 
 pub mod adapter;
 pub mod bench;
+mod block;
 pub mod dataset;
 pub mod engine;
 pub mod error;

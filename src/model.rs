@@ -1,16 +1,16 @@
 //! The Llama-family model on the GPU: config from metadata, quantized weights uploaded once,
 //! a KV cache, and a forward pass recorded once per batch size and replayed every step.
 //!
-//! Per layer the forward is eight dispatches: rmsnorm, fused QKV matmul (+bias), rope + KV
-//! append, attention, output matmul accumulating into the residual, rmsnorm, fused gate/up
-//! matmul, and the down matmul that applies SwiGLU on its input and accumulates into the
-//! residual. Only the rows of logits that are needed are computed.
+//! Per layer the forward is eight dispatches, recorded by [`crate::block`] (the one Llama block
+//! that training uses too), with the residual updated in place and the keys and values
+//! appended to the cache. Only the rows of logits that are needed are computed.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::adapter::{module_dims, GpuAdapter};
+use crate::block::{self, BlockBuffers, LoraIn, LoraOut, Op, Residual};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::gpu::{Buffer, Gpu};
@@ -551,7 +551,7 @@ pub struct Llama {
     rope: Buffer,
     step: Buffer,
     act: Activations,
-    plans: HashMap<(u32, LogitRows), Vec<Dispatch>>,
+    plans: HashMap<(u32, LogitRows), Vec<Op>>,
     /// LoRA adapters applied unmerged, each with its weight (multiplies its own scale).
     adapters: Vec<(Arc<GpuAdapter>, f32)>,
     /// LoRA intermediate `[batch, r]`, reused by every adapted projection in turn.
@@ -679,134 +679,69 @@ impl Llama {
         }
     }
 
-    fn build_plan(&mut self, t: u32, rows: LogitRows) -> Result<Vec<Dispatch>> {
+    fn build_plan(&mut self, t: u32, rows: LogitRows) -> Result<Vec<Op>> {
         let gpu = self.gpu.clone();
         let gpu = &*gpu;
         let cfg = &self.cfg;
         let a = &self.act;
         let d = cfg.n_embd;
-        let qkv_dim = cfg.q_dim() + 2 * cfg.kv_dim();
         let shape = self.attn_shape();
-        let mut plan = kernels::embed(gpu, &self.weights.tok_embd, &a.tokens, &a.h, t)?;
-        // Adds every adapter's `y[:, y_col..] += scale * B (A x)` for module `m` of layer `l`.
-        let lora = |plan: &mut Vec<Dispatch>,
-                    l: usize,
-                    m: usize,
-                    (x, x_stride, swiglu): (&Buffer, u32, bool),
-                    (y, y_stride, y_col): (&Buffer, u32, u32)|
-         -> Result<()> {
-            for (ad, weight) in &self.adapters {
-                if let Some(lm) = &ad.layers[l][m] {
-                    let u = self.lora_u.as_ref().expect("allocated with the adapters");
-                    let (n_in, n_out) = module_dims(cfg, m);
-                    plan.push(kernels::lora_down(
-                        gpu,
-                        &lm.a,
-                        x,
-                        u,
-                        n_in,
-                        ad.r,
-                        t,
-                        x_stride,
-                        swiglu,
-                        Default::default(),
-                    )?);
-                    plan.push(kernels::lora_up(
-                        gpu,
-                        &lm.b,
-                        u,
-                        y,
-                        n_out,
-                        ad.r,
-                        t,
-                        y_stride,
-                        y_col,
-                        ad.scale * weight,
-                    )?);
-                }
-            }
-            Ok(())
-        };
-        let mm = |x_stride: u32, y_stride: u32, swiglu: bool, acc: bool| MatmulShape {
-            t,
-            x_stride,
-            x_row0: 0,
-            y_stride,
-            y_col: 0,
-            swiglu_input: swiglu,
-            accumulate: acc,
-        };
+        let mut plan: Vec<Op> = kernels::embed(gpu, &self.weights.tok_embd, &a.tokens, &a.h, t)?
+            .into_iter()
+            .map(Op::Run)
+            .collect();
         for (i, l) in self.weights.layers.iter().enumerate() {
-            plan.push(kernels::rmsnorm(
-                gpu,
-                &a.h,
-                &l.attn_norm,
-                &a.xn,
-                d,
-                t,
-                0,
-                cfg.rms_eps,
-            )?);
-            plan.extend(
-                l.qkv
-                    .dispatch(gpu, &a.xn, &a.qkv, mm(d, qkv_dim, false, false))?,
-            );
-            let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-            for (m, col) in [(0, 0), (1, qd), (2, qd + kvd)] {
-                lora(&mut plan, i, m, (&a.xn, d, false), (&a.qkv, qkv_dim, col))?;
-            }
-            plan.push(kernels::rope_kv(
-                gpu,
-                shape,
-                t,
-                &self.step,
-                &a.qkv,
-                &self.rope,
-                &self.k_cache[i],
-                &self.v_cache[i],
-            )?);
-            plan.push(kernels::attention(
-                gpu,
-                shape,
-                t,
-                &self.step,
-                &a.qkv,
-                &self.k_cache[i],
-                &self.v_cache[i],
-                &a.attn,
-            )?);
-            plan.extend(l.o.dispatch(gpu, &a.attn, &a.h, mm(cfg.q_dim(), d, false, true))?);
-            lora(&mut plan, i, 3, (&a.attn, cfg.q_dim(), false), (&a.h, d, 0))?;
-            plan.push(kernels::rmsnorm(
-                gpu,
-                &a.h,
-                &l.ffn_norm,
-                &a.xn,
-                d,
-                t,
-                0,
-                cfg.rms_eps,
-            )?);
-            plan.extend(l.gate_up.dispatch(
-                gpu,
-                &a.xn,
-                &a.gu,
-                mm(d, 2 * cfg.n_ff, false, false),
-            )?);
-            for (m, col) in [(4, 0), (5, cfg.n_ff)] {
-                lora(
-                    &mut plan,
-                    i,
-                    m,
-                    (&a.xn, d, false),
-                    (&a.gu, 2 * cfg.n_ff, col),
-                )?;
-            }
-            plan.extend(
-                l.down
-                    .dispatch(gpu, &a.gu, &a.h, mm(2 * cfg.n_ff, d, true, true))?,
-            );
-            lora(&mut plan, i, 6, (&a.gu, 2 * cfg.n_ff, true), (&a.h, d, 0))?;
+            // Adds every adapter's `y[:, col..] += scale * B (A x)` for module `m`.
+            let mut lora = |plan: &mut Vec<Op>,
+                            m: usize,
+                            x: LoraIn<'_>,
+                            y: Option<LoraOut<'_>>|
+             -> Result<()> {
+                let Some(y) = y else { return Ok(()) };
+                for (ad, weight) in &self.adapters {
+                    if let Some(lm) = &ad.layers[i][m] {
+                        let u = self.lora_u.as_ref().expect("allocated with the adapters");
+                        let (n_in, n_out) = module_dims(cfg, m);
+                        plan.push(Op::Run(kernels::lora_down(
+                            gpu,
+                            &lm.a,
+                            x.x,
+                            u,
+                            n_in,
+                            ad.r,
+                            t,
+                            x.stride,
+                            x.swiglu,
+                            Default::default(),
+                        )?));
+                        plan.push(Op::Run(kernels::lora_up(
+                            gpu,
+                            &lm.b,
+                            u,
+                            y.y,
+                            n_out,
+                            ad.r,
+                            t,
+                            y.stride,
+                            y.col,
+                            ad.scale * weight,
+                        )?));
+                    }
+                }
+                Ok(())
+            };
+            let io = BlockBuffers {
+                residual: Residual::InPlace(&a.h),
+                xn: &a.xn,
+                qkv: &a.qkv,
+                k: &self.k_cache[i],
+                v: &self.v_cache[i],
+                att: &a.attn,
+                gu: &a.gu,
+                rope: &self.rope,
+                step: &self.step,
+            };
+            block::record_layer(gpu, cfg, l, &io, t, shape, &mut plan, &mut lora)?;
         }
         let (n_rows, row0, logits) = match rows {
             LogitRows::Last => (1, t - 1, &a.logits_last),
@@ -816,7 +751,7 @@ impl Llama {
                 a.logits_all.as_ref().expect("allocated before planning"),
             ),
         };
-        plan.push(kernels::rmsnorm(
+        plan.push(Op::Run(kernels::rmsnorm(
             gpu,
             &a.h,
             &self.weights.out_norm,
@@ -825,23 +760,27 @@ impl Llama {
             n_rows,
             row0,
             cfg.rms_eps,
-        )?);
-        plan.extend(kernels::matmul(
-            gpu,
-            self.weights.head(),
-            None,
-            &a.xn,
-            logits,
-            MatmulShape {
-                t: n_rows,
-                x_stride: d,
-                x_row0: 0,
-                y_stride: cfg.vocab,
-                y_col: 0,
-                swiglu_input: false,
-                accumulate: false,
-            },
-        )?);
+        )?));
+        plan.extend(
+            kernels::matmul(
+                gpu,
+                self.weights.head(),
+                None,
+                &a.xn,
+                logits,
+                MatmulShape {
+                    t: n_rows,
+                    x_stride: d,
+                    x_row0: 0,
+                    y_stride: cfg.vocab,
+                    y_col: 0,
+                    swiglu_input: false,
+                    accumulate: false,
+                },
+            )?
+            .into_iter()
+            .map(Op::Run),
+        );
         Ok(plan)
     }
 
@@ -894,21 +833,10 @@ impl Llama {
         gpu.queue
             .write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            if crate::gpu::Counters::profiling() {
-                drop(pass);
-                for d in &self.plans[&key] {
-                    let start = std::time::Instant::now();
-                    kernels::run(&gpu, std::slice::from_ref(d))?;
-                    gpu.counters
-                        .record_kernel(d.kernel, start.elapsed().as_secs_f64());
-                }
-            } else {
-                for d in &self.plans[&key] {
-                    d.encode(&gpu, &mut pass);
-                }
-            }
+        if crate::gpu::Counters::profiling() {
+            block::profile(&gpu, &self.plans[&key])?;
+        } else {
+            block::encode(&gpu, &mut enc, &self.plans[&key]);
         }
         if let Some(extra) = extra {
             extra(&mut enc)?;

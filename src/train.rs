@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::{
     b_to_model, b_to_peft, module_dims, GpuAdapter, LoraConfig, LoraModule, LoraWeights, MODULES,
 };
+use crate::block::{self, encode, profile, BlockBuffers, LoraIn, LoraOut, Op, Residual};
 use crate::error::{Error, Result};
 use crate::gpu::{Buffer, Gpu};
 use crate::kernels::{
@@ -452,62 +453,12 @@ impl Plan {
     }
 }
 
-/// Kernel launches, with buffer copies and clears between them.
-enum Op {
-    Run(Dispatch),
-    Copy(wgpu::Buffer, wgpu::Buffer, u64),
-    Clear(wgpu::Buffer),
-}
-
 /// A 32-bit mask seed for one module of one micro-batch (splitmix64 finalizer).
 fn mix_seed(base: u64, salt: u32) -> u32 {
     let mut z = base ^ ((salt as u64) << 32 | salt as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     (z ^ (z >> 31)) as u32
-}
-
-/// Runs `ops` one at a time, waiting after each, and records the time spent per kernel in
-/// the device's profile (`LAMINA_PROFILE=1`, in place of the one-submit replay).
-fn profile(gpu: &Gpu, ops: &[Op]) -> Result<()> {
-    for op in ops {
-        let name = match op {
-            Op::Run(d) => d.kernel,
-            Op::Copy(..) => "copy",
-            Op::Clear(_) => "clear",
-        };
-        let start = std::time::Instant::now();
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        encode(gpu, &mut enc, std::slice::from_ref(op));
-        gpu.submit(enc);
-        gpu.wait()?;
-        gpu.counters
-            .record_kernel(name, start.elapsed().as_secs_f64());
-    }
-    Ok(())
-}
-
-fn encode(gpu: &Gpu, enc: &mut wgpu::CommandEncoder, ops: &[Op]) {
-    let mut i = 0;
-    while i < ops.len() {
-        match &ops[i] {
-            Op::Copy(src, dst, bytes) => {
-                enc.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
-                i += 1;
-            }
-            Op::Clear(buf) => {
-                enc.clear_buffer(buf, 0, None);
-                i += 1;
-            }
-            Op::Run(_) => {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                while let Some(Op::Run(d)) = ops.get(i) {
-                    d.encode(gpu, &mut pass);
-                    i += 1;
-                }
-            }
-        }
-    }
 }
 
 /// What a layer's forward keeps for its backward.
@@ -1053,32 +1004,16 @@ impl Trainer {
     ) -> Result<()> {
         let gpu = &*self.gpu;
         let cfg = &self.cfg;
-        let lw = &self.weights.layers[l];
         let a = self.acts(l);
         let rows = n_seq * seq;
-        let (d, qd, kvd, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
-        let qkv_dim = qd + 2 * kvd;
-        let shape = self.attn_shape(seq);
-        let h_in = &self.h[l];
-        let mm = |x_stride: u32, y_stride: u32, swiglu: bool, acc: bool| MatmulShape {
-            t: rows,
-            x_stride,
-            x_row0: 0,
-            y_stride,
-            y_col: 0,
-            swiglu_input: swiglu,
-            accumulate: acc,
-        };
         let ad = &self.adapter;
+        let Plan { ops, seeds } = ops;
         // `y[:, col..] += scale * B (A x)`, keeping `A x` for the backward.
-        let lora = |ops: &mut Plan,
-                    m: usize,
-                    x: &Buffer,
-                    x_stride: u32,
-                    swiglu: bool,
-                    y: Option<(&Buffer, u32, u32)>|
-         -> Result<()> {
-            if let Some((lm, _)) = ad.module(l, m) {
+        let mut lora =
+            |ops: &mut Vec<Op>, m: usize, x: LoraIn<'_>, y: Option<LoraOut<'_>>| -> Result<()> {
+                let Some((lm, _)) = ad.module(l, m) else {
+                    return Ok(());
+                };
                 let (n_in, n_out) = module_dims(cfg, m);
                 let drop = Dropout {
                     p: dropout,
@@ -1087,102 +1022,62 @@ impl Trainer {
                 let down = kernels::lora_down(
                     gpu,
                     &lm.a,
-                    x,
+                    x.x,
                     &a.u[m],
                     n_in,
                     ad.config.r,
                     rows,
-                    x_stride,
-                    swiglu,
+                    x.stride,
+                    x.swiglu,
                     drop,
                 )?;
                 if dropout > 0.0 {
                     let salt = (l * 7 + m) as u32;
-                    ops.seeds
-                        .push((down.uniform().clone(), LORA_DOWN_SEED_OFFSET, salt));
+                    seeds.push((down.uniform().clone(), LORA_DOWN_SEED_OFFSET, salt));
                 }
                 ops.push(Op::Run(down));
-                if let Some((y, y_stride, y_col)) = y {
+                if let Some(y) = y {
                     ops.push(Op::Run(kernels::lora_up(
                         gpu,
                         &lm.b,
                         &a.u[m],
-                        y,
+                        y.y,
                         n_out,
                         ad.config.r,
                         rows,
-                        y_stride,
-                        y_col,
+                        y.stride,
+                        y.col,
                         ad.adapter.scale,
                     )?));
                 }
-            }
-            Ok(())
+                Ok(())
+            };
+        let io = BlockBuffers {
+            residual: Residual::Kept {
+                input: &self.h[l],
+                mid: &a.hm,
+                out: write_out.then(|| &self.h[l + 1]),
+            },
+            xn: &self.xn,
+            qkv: &a.qkv,
+            k: &a.k,
+            v: &a.v,
+            att: &a.att,
+            gu: &a.gu,
+            rope: &self.rope,
+            step: &self.step,
         };
-        let bytes = rows as u64 * d as u64 * 4;
-        ops.push(Op::Copy(h_in.raw.clone(), a.hm.raw.clone(), bytes));
-        ops.push(Op::Run(kernels::rmsnorm(
+        let lw = &self.weights.layers[l];
+        block::record_layer(
             gpu,
-            h_in,
-            &lw.attn_norm,
-            &self.xn,
-            d,
+            cfg,
+            lw,
+            &io,
             rows,
-            0,
-            cfg.rms_eps,
-        )?));
-        for dsp in lw
-            .qkv
-            .dispatch(gpu, &self.xn, &a.qkv, mm(d, qkv_dim, false, false))?
-        {
-            ops.push(Op::Run(dsp));
-        }
-        for (m, col) in [(0, 0), (1, qd), (2, qd + kvd)] {
-            lora(ops, m, &self.xn, d, false, Some((&a.qkv, qkv_dim, col)))?;
-        }
-        ops.push(Op::Run(kernels::rope_kv(
-            gpu, shape, rows, &self.step, &a.qkv, &self.rope, &a.k, &a.v,
-        )?));
-        ops.push(Op::Run(kernels::attention(
-            gpu, shape, rows, &self.step, &a.qkv, &a.k, &a.v, &a.att,
-        )?));
-        for dsp in lw.o.dispatch(gpu, &a.att, &a.hm, mm(qd, d, false, true))? {
-            ops.push(Op::Run(dsp));
-        }
-        lora(ops, 3, &a.att, qd, false, Some((&a.hm, d, 0)))?;
-        ops.push(Op::Run(kernels::rmsnorm(
-            gpu,
-            &a.hm,
-            &lw.ffn_norm,
-            &self.xn,
-            d,
-            rows,
-            0,
-            cfg.rms_eps,
-        )?));
-        for dsp in lw
-            .gate_up
-            .dispatch(gpu, &self.xn, &a.gu, mm(d, 2 * ff, false, false))?
-        {
-            ops.push(Op::Run(dsp));
-        }
-        for (m, col) in [(4, 0), (5, ff)] {
-            lora(ops, m, &self.xn, d, false, Some((&a.gu, 2 * ff, col)))?;
-        }
-        if write_out {
-            let out = &self.h[l + 1];
-            ops.push(Op::Copy(a.hm.raw.clone(), out.raw.clone(), bytes));
-            for dsp in lw
-                .down
-                .dispatch(gpu, &a.gu, out, mm(2 * ff, d, true, true))?
-            {
-                ops.push(Op::Run(dsp));
-            }
-            lora(ops, 6, &a.gu, 2 * ff, true, Some((out, d, 0)))?;
-        } else {
-            lora(ops, 6, &a.gu, 2 * ff, true, None)?;
-        }
-        Ok(())
+            self.attn_shape(seq),
+            ops,
+            &mut lora,
+        )
     }
 
     /// Adds the backward of layer `l`: `d_h` holds d loss / d `h[l + 1]` and leaves holding
