@@ -3,31 +3,18 @@
 //! `lamina train` then `lamina generate --adapter` on a small Hugging Face checkpoint,
 //! `lamina merge --format hf` and `lamina quantize` to every type.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use safetensors::SafeTensors;
 
+mod common;
+use common::{rel_max_diff, temp_dir};
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
 
 fn lamina(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
-        .args(args)
-        .output()
-        .expect("run lamina");
-    assert!(
-        out.status.success(),
-        "lamina {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lamina-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::lamina_ok(args)
 }
 
 /// The fixture's LoRA tensors as a PEFT folder.
@@ -281,16 +268,6 @@ fn merge_to_a_hugging_face_folder_gives_base_plus_adapter() {
     eprintln!("merged checkpoint vs base + adapter: max |diff| / max |logit| {d:.2e}");
     assert!(d < 1e-4, "{d}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// max |got - want| / max |want|.
-fn rel_max_diff(want: &[f32], got: &[f32]) -> f32 {
-    assert_eq!(want.len(), got.len());
-    let m = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-    want.iter()
-        .zip(got)
-        .fold(0f32, |a, (x, y)| a.max((x - y).abs()))
-        / m
 }
 
 /// Logits [T, vocab] of the prompt through `model`, and the vocabulary size.

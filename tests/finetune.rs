@@ -13,6 +13,9 @@ use lamina::engine::{Engine, EngineOptions};
 use lamina::finetune::{fine_tune, RunOptions, Schedule, TrainConfig, TrainEvent};
 use lamina::model::ModelOptions;
 
+mod common;
+use common::temp_dir;
+
 const CKPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../shared/fixtures/smollm2-2layer-hf/checkpoint"
@@ -21,13 +24,6 @@ const REVIEWS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../shared/data/reviews/fine_foods_train.jsonl"
 );
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lamina-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn engine() -> Engine {
     let opts = EngineOptions {

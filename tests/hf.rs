@@ -10,6 +10,9 @@ use lamina::model::ModelOptions;
 use lamina::quant::GgmlType;
 use safetensors::SafeTensors;
 
+mod common;
+use common::rel_max_diff;
+
 const DIR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../shared/fixtures/smollm2-2layer-hf"
@@ -60,8 +63,7 @@ fn checkpoint_logits_match_transformers() {
 
 #[test]
 fn a_broken_checkpoint_is_a_clear_error() {
-    let dir = std::env::temp_dir().join(format!("lamina-hf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("hf");
     std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt_neox"}"#).unwrap();
     let err = Engine::load(Some(&dir), EngineOptions::default())
         .err()
@@ -112,23 +114,12 @@ fn load(dir: &Path, quantize: Option<GgmlType>) -> lamina::Result<Engine> {
     Engine::load(Some(dir), opts)
 }
 
-fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let m = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    got.iter()
-        .zip(want)
-        .fold(0f32, |a, (x, y)| a.max((x - y).abs()))
-        / m
-}
-
 /// The fixture's checkpoint split into two shards with a model.safetensors.index.json, as
 /// `save_pretrained` writes a large model.
 #[test]
 fn a_sharded_checkpoint_loads_like_the_whole_one() {
     let src = Path::new(DIR).join("checkpoint");
-    let dir = std::env::temp_dir().join(format!("lamina-hf-shards-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("hf-shards");
     for f in std::fs::read_dir(&src).unwrap() {
         let p = f.unwrap().path();
         if p.extension().is_none_or(|x| x != "safetensors") {
@@ -170,7 +161,7 @@ fn a_sharded_checkpoint_loads_like_the_whole_one() {
         .forward_all(&ids)
         .unwrap();
     assert_eq!(sharded, whole, "the same tensors give the same logits");
-    assert!(rel_diff(&sharded, &want) < 1e-3);
+    assert!(rel_max_diff(&want, &sharded) < 1e-3);
 
     // An index that puts a tensor in the wrong shard, or names a missing one, is an error
     // that names the index.
@@ -211,7 +202,7 @@ fn quantize_at_load_makes_the_matrices_that_type() {
             assert!(*t == ty || *t == ty.fallback(), "{ty:?}: a {t:?} matrix");
         }
         let got = e.model_mut().forward_all(&ids).unwrap();
-        let d = rel_diff(&got, &want);
+        let d = rel_max_diff(&want, &got);
         eprintln!("{ty:?}: logits max |diff| / max |logit| {d:.4}");
         assert!(d < bound, "{ty:?}: {d}");
     }
@@ -226,9 +217,7 @@ fn quantize_a_checkpoint_folder_to_a_gguf_file() {
     use lamina::gguf::GgufFile;
     use lamina::tokenizer::{ChatMessage, Tokenizer};
     let src = Path::new(DIR).join("checkpoint");
-    let dir = std::env::temp_dir().join(format!("lamina-hf-quantize-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("hf-quantize");
     let (ids, want) = reference();
     let from_checkpoint = load(&src, None)
         .unwrap()
@@ -239,16 +228,10 @@ fn quantize_a_checkpoint_folder_to_a_gguf_file() {
     for ty in lamina::quant::SUPPORTED_TYPES.map(|t| format!("{t:?}").to_lowercase()) {
         let ty = ty.as_str();
         let out = dir.join(format!("{ty}.gguf"));
-        let run = std::process::Command::new(env!("CARGO_BIN_EXE_lamina"))
-            .args(["quantize", "--type", ty])
-            .arg(&src)
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
+        common::succeeds(
+            common::lamina_cmd(["quantize", "--type", ty])
+                .arg(&src)
+                .arg(&out),
         );
         let g = GgufFile::open(&out).unwrap();
         assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
@@ -262,10 +245,10 @@ fn quantize_a_checkpoint_folder_to_a_gguf_file() {
         );
         let got = e.model_mut().forward_all(&ids).unwrap();
         if ty == "f32" {
-            let d = rel_diff(&got, &from_checkpoint);
+            let d = rel_max_diff(&from_checkpoint, &got);
             eprintln!("F32 GGUF vs the checkpoint: {d:.2e}");
             assert!(d < 1e-5, "{d}");
-            assert!(rel_diff(&got, &want) < 1e-3);
+            assert!(rel_max_diff(&want, &got) < 1e-3);
         } else {
             // The same quantizer on the same values: the same model as quantizing at load.
             let at_load = load(&src, Some(ty.parse().unwrap()))
@@ -273,7 +256,7 @@ fn quantize_a_checkpoint_folder_to_a_gguf_file() {
                 .model_mut()
                 .forward_all(&ids)
                 .unwrap();
-            let d = rel_diff(&got, &at_load);
+            let d = rel_max_diff(&at_load, &got);
             eprintln!("{ty} GGUF vs {ty} at load: {d:.2e}");
             assert!(d < 1e-5, "{ty}: {d}");
         }

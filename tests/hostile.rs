@@ -2,20 +2,16 @@
 //! must end in a non-zero exit with an `error:` line that says what is wrong, never a panic,
 //! an abort or a signal.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use lamina::gguf::{writer, Array, Value};
 use lamina::quant::{self, GgmlType};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+mod common;
+use common::temp_dir;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lamina-hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
 
 /// Runs lamina and asserts a clean failure: non-zero exit (not a panic's 101, not a signal),
 /// an `error:` line, no panic message. Returns stderr.
@@ -168,15 +164,7 @@ fn the_tiny_model_itself_runs() {
     // The corrupt variants below are wrong in one way each; the original must work.
     let dir = temp_dir("tiny");
     let model = write(&dir, "tiny.gguf", &tiny_gguf(|_, _| {}));
-    let out = Command::new(env!("CARGO_BIN_EXE_lamina"))
-        .args(generate(&model))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::lamina_ok(generate(&model));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -630,17 +618,9 @@ fn resuming_a_checkpoint_of_another_model_is_an_error() {
     );
     let out = dir.join("out");
     let o = out.to_str().unwrap();
-    let st = Command::new(env!("CARGO_BIN_EXE_lamina"))
-        .args([
-            "train", "--model", &small, "--data", &data, "--config", &cfg, "--out", o,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    common::lamina_ok([
+        "train", "--model", &small, "--data", &data, "--config", &cfg, "--out", o,
+    ]);
     let big = lamina::fetch::default_model().unwrap();
     let err = fails_cleanly(
         "resume with another model",
