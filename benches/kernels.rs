@@ -77,5 +77,39 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// What one dispatch costs on its own: a decode-sized rmsnorm (one row of 576), whose work is
+/// tiny, launched DISPATCHES times in one submit (elements/s = dispatches/s), and once per
+/// submit (the submit-and-wait round trip of one token's plan, without its work).
+fn dispatch_cost(c: &mut Criterion) {
+    const DISPATCHES: usize = 256;
+    let gpu = Gpu::new(GpuOptions::default()).expect("a GPU adapter");
+    let mut group = c.benchmark_group("dispatch");
+    group.sample_size(20);
+    group.measurement_time(std::time::Duration::from_secs(5));
+    let d = 576u32;
+    let x = gpu.storage("x", d as u64 * 4).unwrap();
+    let g = gpu.storage("g", d as u64 * 4).unwrap();
+    let y = gpu.storage("y", d as u64 * 4).unwrap();
+    let one = kernels::rmsnorm(&gpu, &x, &g, &y, d, 1, 0, 1e-5).unwrap();
+    let run = |n: usize| {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..n {
+                one.encode(&gpu, &mut pass);
+            }
+        }
+        gpu.submit(enc);
+        gpu.wait().unwrap();
+    };
+    group.throughput(Throughput::Elements(DISPATCHES as u64));
+    group.bench_function(format!("rmsnorm_576_x{DISPATCHES}_one_submit"), |b| {
+        b.iter(|| run(DISPATCHES))
+    });
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("rmsnorm_576_x1_one_submit", |b| b.iter(|| run(1)));
+    group.finish();
+}
+
+criterion_group!(benches, bench, dispatch_cost);
 criterion_main!(benches);

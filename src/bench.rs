@@ -59,6 +59,9 @@ pub struct BenchReport {
     pub prefill_tok_s: f64,
     pub decode_tokens: usize,
     pub decode_tok_s: f64,
+    /// Milliseconds per decoded token the device sits idle while the host works (encoding,
+    /// submitting, mapping the sampled id, detokenizing, stop checks).
+    pub decode_host_gap_ms: f64,
     /// "BxS" of the training measurement, if any.
     pub train_shape: Option<String>,
     /// LoRA r 8, all seven targets, activations kept.
@@ -119,6 +122,7 @@ pub fn run(engine: &mut Engine, opts: &BenchOptions) -> Result<BenchReport> {
         ..Default::default()
     };
     let mut decode_tok_s: f64 = 0.0;
+    let mut decode_host_gap_ms = f64::INFINITY;
     let mut per_token = (0.0, 0.0, 0.0);
     for rep in 0..=reps {
         engine.reset();
@@ -127,6 +131,7 @@ pub fn run(engine: &mut Engine, opts: &BenchOptions) -> Result<BenchReport> {
         let after = gpu.counters.snapshot();
         if rep > 0 {
             decode_tok_s = decode_tok_s.max(g.timings.decode_tok_s());
+            decode_host_gap_ms = decode_host_gap_ms.min(g.timings.decode_host_gap_ms());
             // Counted over the whole call (its short prefill included) per generated token.
             let n = g.tokens.len().max(1) as f64;
             per_token = (
@@ -135,6 +140,9 @@ pub fn run(engine: &mut Engine, opts: &BenchOptions) -> Result<BenchReport> {
                 (after.bytes_read_back - before.bytes_read_back) as f64 / n,
             );
         }
+    }
+    if !decode_host_gap_ms.is_finite() {
+        decode_host_gap_ms = 0.0;
     }
     print_profile(engine, "decode");
     engine.reset();
@@ -161,6 +169,7 @@ pub fn run(engine: &mut Engine, opts: &BenchOptions) -> Result<BenchReport> {
         prefill_tok_s: p.len() as f64 / prefill_secs,
         decode_tokens: want,
         decode_tok_s,
+        decode_host_gap_ms,
         train_shape: opts.train.map(|(b, s)| format!("{b}x{s}")),
         train_tok_s: train.as_ref().map(|t| t.tok_s),
         train_recompute_tok_s: train_recompute.as_ref().map(|t| t.tok_s),

@@ -118,6 +118,10 @@ pub struct Timings {
     pub prefill_secs: f64,
     pub decode_tokens: usize,
     pub decode_secs: f64,
+    /// The part of `decode_secs` spent waiting for the device's result; the rest is host
+    /// work (encoding, submitting, mapping, sampling, detokenizing, stop checks) during which
+    /// the device has nothing queued.
+    pub decode_wait_secs: f64,
 }
 
 impl Timings {
@@ -126,6 +130,10 @@ impl Timings {
     }
     pub fn decode_tok_s(&self) -> f64 {
         self.decode_tokens as f64 / self.decode_secs.max(1e-9)
+    }
+    /// Milliseconds per decoded token that the device sits idle while the host works.
+    pub fn decode_host_gap_ms(&self) -> f64 {
+        1e3 * (self.decode_secs - self.decode_wait_secs).max(0.0) / self.decode_tokens.max(1) as f64
     }
 }
 
@@ -157,6 +165,8 @@ pub struct Generator {
     /// Tokens whose keys and values are in the model's cache, in order.
     cached: Vec<u32>,
     sampler: Sampler,
+    /// Seconds spent blocked on the device's result, over this generator's life.
+    wait_secs: f64,
 }
 
 #[repr(C)]
@@ -195,6 +205,7 @@ impl Generator {
                 topk: None,
                 penalty: None,
             },
+            wait_secs: 0.0,
         })
     }
 
@@ -259,6 +270,7 @@ impl Generator {
         timings.prefill_secs = started.elapsed().as_secs_f64();
 
         let decode_start = Instant::now();
+        let wait_start = self.wait_secs;
         let mut out_tokens = Vec::new();
         let mut decoder = StreamDecoder::new(tokenizer);
         let mut text = String::new();
@@ -318,6 +330,7 @@ impl Generator {
         }
         timings.decode_tokens = out_tokens.len().saturating_sub(1);
         timings.decode_secs = decode_start.elapsed().as_secs_f64();
+        timings.decode_wait_secs = self.wait_secs - wait_start;
         Ok(Generation {
             text,
             tokens: out_tokens,
@@ -439,8 +452,10 @@ impl Generator {
         };
         model.forward_last(tokens, Some(&mut record))?;
         let sm = &self.sampler;
+        let waited = Instant::now();
         if greedy {
             let b = gpu.finish_read_back(&sm.staging, 4)?;
+            self.wait_secs += waited.elapsed().as_secs_f64();
             return Ok(u32::from_le_bytes(b[..4].try_into().unwrap()));
         }
         let cands: Vec<(f32, u32)> = if k > 0 {
@@ -452,6 +467,7 @@ impl Generator {
             let b = gpu.finish_read_back(sm.staging_full.as_ref().unwrap(), vocab as u64 * 4)?;
             f32s_from_bytes(&b).into_iter().zip(0u32..).collect()
         };
+        self.wait_secs += waited.elapsed().as_secs_f64();
         Ok(sample(cands, s, rng))
     }
 }

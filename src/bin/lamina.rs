@@ -821,8 +821,8 @@ fn print_bench(r: &lamina::bench::BenchReport) {
         r.prefill_tok_s, r.prefill_tokens
     );
     println!(
-        "decode:  {:8.1} tok/s  ({} tokens, without the prefill)",
-        r.decode_tok_s, r.decode_tokens
+        "decode:  {:8.1} tok/s  ({} tokens, without the prefill; the device idles {:.2} ms a token while the host works)",
+        r.decode_tok_s, r.decode_tokens, r.decode_host_gap_ms
     );
     for (name, t) in [
         ("train", &r.train),
