@@ -80,6 +80,10 @@ struct Args {
     /// Measured at the default budget it overshot to the minority answer (see the README).
     #[arg(long)]
     balanced: bool,
+    /// Also train the end-of-text token after the label (classification scores only the
+    /// label's tokens, so by default only they carry the loss).
+    #[arg(long)]
+    eos: bool,
     /// Where the adapter is saved (and read by --classify).
     #[arg(long, default_value = "target/sentiment-adapter")]
     out: PathBuf,
@@ -318,6 +322,7 @@ fn main() -> lamina::Result<()> {
         }),
         max_len: args.max_len as usize,
         truncation: Truncation::Left,
+        add_eos: args.eos,
         ..Default::default()
     };
     let data = Dataset::load(&train_file, engine.tokenizer(), &opts)?;
