@@ -12,7 +12,7 @@
 use crate::error::Result;
 use crate::gpu::{Buffer, Gpu};
 use crate::kernels::{self, AttnShape, Dispatch, MatmulShape};
-use crate::model::{Config, Layer};
+use crate::model::{Config, Layer, Linear};
 
 /// Kernel launches, with buffer copies and clears between them: a recorded pass, replayed
 /// with [`encode`].
@@ -134,13 +134,9 @@ pub(crate) fn record_layer(
     let (d, qd, kvd, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
     let qkv_dim = qd + 2 * kvd;
     let mm = |x_stride: u32, y_stride: u32, swiglu: bool, acc: bool| MatmulShape {
-        t: rows,
-        x_stride,
-        x_row0: 0,
-        y_stride,
-        y_col: 0,
         swiglu_input: swiglu,
         accumulate: acc,
+        ..MatmulShape::rows(rows, x_stride, y_stride)
     };
     let bytes = rows as u64 * d as u64 * 4;
     let (h_in, h_mid, h_out) = match io.residual {
@@ -154,22 +150,19 @@ pub(crate) fn record_layer(
         ops.extend(dispatches.into_iter().map(Op::Run));
     };
 
+    // rmsnorm(h) * g into `xn`, then a projection of it into `y`.
+    let normed = |ops: &mut Vec<Op>, h, g, lin: &Linear, y, n_out| -> Result<()> {
+        let norm = kernels::rmsnorm(gpu, h, g, io.xn, d, rows, 0, cfg.rms_eps)?;
+        ops.push(Op::Run(norm));
+        run(
+            ops,
+            lin.dispatch(gpu, io.xn, y, mm(d, n_out, false, false))?,
+        );
+        Ok(())
+    };
+
     // Attention.
-    ops.push(Op::Run(kernels::rmsnorm(
-        gpu,
-        h_in,
-        &lw.attn_norm,
-        io.xn,
-        d,
-        rows,
-        0,
-        cfg.rms_eps,
-    )?));
-    run(
-        ops,
-        lw.qkv
-            .dispatch(gpu, io.xn, io.qkv, mm(d, qkv_dim, false, false))?,
-    );
+    normed(ops, h_in, &lw.attn_norm, &lw.qkv, io.qkv, qkv_dim)?;
     let xn = LoraIn {
         x: io.xn,
         stride: d,
@@ -206,21 +199,7 @@ pub(crate) fn record_layer(
     lora(ops, 3, att, Some(mid))?;
 
     // MLP.
-    ops.push(Op::Run(kernels::rmsnorm(
-        gpu,
-        h_mid,
-        &lw.ffn_norm,
-        io.xn,
-        d,
-        rows,
-        0,
-        cfg.rms_eps,
-    )?));
-    run(
-        ops,
-        lw.gate_up
-            .dispatch(gpu, io.xn, io.gu, mm(d, 2 * ff, false, false))?,
-    );
+    normed(ops, h_mid, &lw.ffn_norm, &lw.gate_up, io.gu, 2 * ff)?;
     for (m, col) in [(4, 0), (5, ff)] {
         let y = LoraOut {
             y: io.gu,

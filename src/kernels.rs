@@ -209,6 +209,21 @@ pub struct MatmulShape {
     pub accumulate: bool,
 }
 
+impl MatmulShape {
+    /// `t` rows of X (from row 0) into `t` rows of Y (from column 0), written, not added.
+    pub fn rows(t: u32, x_stride: u32, y_stride: u32) -> MatmulShape {
+        MatmulShape {
+            t,
+            x_stride,
+            x_row0: 0,
+            y_stride,
+            y_col: 0,
+            swiglu_input: false,
+            accumulate: false,
+        }
+    }
+}
+
 /// Tokens one invocation handles: weights are dequantized once per this many tokens.
 /// (Measured on llvmpipe: TB 8 / RB 4 beats 4/4, 4/8 and 8/2 for prefill.)
 pub const MATMUL_TB: u32 = 8;

@@ -768,15 +768,7 @@ impl Llama {
                 None,
                 &a.xn,
                 logits,
-                MatmulShape {
-                    t: n_rows,
-                    x_stride: d,
-                    x_row0: 0,
-                    y_stride: cfg.vocab,
-                    y_col: 0,
-                    swiglu_input: false,
-                    accumulate: false,
-                },
+                MatmulShape::rows(n_rows, d, cfg.vocab),
             )?
             .into_iter()
             .map(Op::Run),

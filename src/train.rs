@@ -1343,15 +1343,7 @@ impl Trainer {
                 None,
                 &self.head_x,
                 &self.logits,
-                MatmulShape {
-                    t: cr,
-                    x_stride: d,
-                    x_row0: 0,
-                    y_stride: cfg.vocab,
-                    y_col: 0,
-                    swiglu_input: false,
-                    accumulate: false,
-                },
+                MatmulShape::rows(cr, d, cfg.vocab),
             )? {
                 ops.push(Op::Run(dsp));
             }
