@@ -49,10 +49,10 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     test: usize,
     /// Longest training example in tokens (prompt + label); longer reviews lose their start.
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 128)]
     max_len: u32,
     /// Reviews are cut to this many characters first.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 600)]
     max_chars: usize,
     /// Passes over the training rows (ignored when --steps is set).
     #[arg(long, default_value_t = 1)]
