@@ -95,11 +95,88 @@ fn k4_scale_min(sv: vec4<u32>, j: u32) -> vec2<f32> {
     return vec2<f32>(f32(sc), f32(mn));
 }
 
+// Types whose 32-value chunk shares one scale and one offset: value = raw * d + m, with
+// `raw` the chunk's small integers (dq4_raw) and (d, m) from dq_scale. A matmul can then take
+// the dot product with the integers and scale it once per chunk (d * sum(raw * x) + m * sum(x))
+// instead of scaling all 32 values: on a CPU device every vector operation costs, and these
+// are the types of nearly every model we load.
+fn factored() -> bool {
+    return WTYPE == T_Q4_0 || WTYPE == T_Q4_1 || WTYPE == T_Q5_0 || WTYPE == T_Q5_1
+        || WTYPE == T_Q8_0 || WTYPE == T_Q4_K || WTYPE == T_Q5_K;
+}
+
+// (d, m) of chunk `sub` of block j of row r, for the factored types.
+fn dq_scale(r: WRow, j: u32, sub: u32) -> vec2<f32> {
+    switch WTYPE {
+        case 2u: { // Q4_0: (q - 8) * d
+            let d = scale_half(r, j);
+            return vec2<f32>(d, -8.0 * d);
+        }
+        case 3u: { // Q4_1: q * d + m
+            return unpack2x16float(scale_word(r, j));
+        }
+        case 7u: { // Q5_1: q * d + m | qh
+            return unpack2x16float(scale_word(r, 2u * j));
+        }
+        case 6u: { // Q5_0: (q - 16) * d
+            let d = unpack2x16float(scale_word(r, 2u * j)).x;
+            return vec2<f32>(d, -16.0 * d);
+        }
+        case 8u: { // Q8_0
+            return vec2<f32>(scale_half(r, j), 0.0);
+        }
+        case 12u, 13u: { // Q4_K, Q5_K: q * (d * scale) - dmin * min
+            let sv = W[r.base + r.blocks * QV + j];
+            let dm = unpack2x16float(sv.x);
+            let sm = k4_scale_min(sv, sub);
+            return vec2<f32>(dm.x * sm.x, -dm.y * sm.y);
+        }
+        default: {
+            return vec2<f32>(1.0, 0.0);
+        }
+    }
+}
+
+// The integers 4i .. 4i+3 of chunk `sub` of block j of row r, for the factored types.
+fn dq4_raw(r: WRow, j: u32, sub: u32, i: u32) -> vec4<f32> {
+    let q = r.base + j * QV;
+    switch WTYPE {
+        case 2u, 3u: { // Q4_0, Q4_1: nibbles (low = elements 0..15, high = 16..31)
+            return nibbles(qword(q, i), i >= 4u);
+        }
+        case 6u, 7u: { // Q5_0, Q5_1: nibbles | scales, qh (bit e = 5th bit of element e)
+            let qh = scale_word(r, 2u * j + 1u);
+            let sh = vec4<u32>(0u, 1u, 2u, 3u) + 4u * i;
+            let h = vec4<f32>(((vec4<u32>(qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
+            return nibbles(qword(q, i), i >= 4u) + h;
+        }
+        case 8u: { // Q8_0: 2 vec4s of int8 | d, two to a word
+            return bytes_i8(qword(q + i / 4u, i));
+        }
+        case 12u: { // Q4_K: 8 vec4s of nibbles | one vec4: (d, dmin), 12 bytes of 6-bit scales
+            return nibbles(qword(q + 2u * (sub / 2u) + i / 4u, i), (sub & 1u) == 1u);
+        }
+        case 13u: { // Q5_K: nibbles (8 vec4s), fifth bits (2) | as Q4_K
+            let lw = qword(q + 2u * (sub / 2u) + i / 4u, i);
+            let hw = qword(q + 8u + i / 4u, i) >> sub;
+            let hb = vec4<f32>(vec4<u32>(hw, hw >> 8u, hw >> 16u, hw >> 24u) & vec4<u32>(1u));
+            return nibbles(lw, (sub & 1u) == 1u) + hb * 16.0;
+        }
+        default: {
+            return vec4<f32>(0.0);
+        }
+    }
+}
+
 // Values 4i .. 4i+3 of chunk `sub` (32 values) of block j of row r.
 // Returning one vec4 (not the chunk as an array) keeps everything in registers on compilers
 // that do not promote local arrays (llvmpipe among them); the loads of one chunk's vec4s and
 // scales repeat across i but are common subexpressions once inlined and unrolled.
 fn dq4(r: WRow, j: u32, sub: u32, i: u32) -> vec4<f32> {
+    if (factored()) {
+        let dm = dq_scale(r, j, sub);
+        return dq4_raw(r, j, sub, i) * dm.x + dm.y;
+    }
     let q = r.base + j * QV;
     switch WTYPE {
         case 0u: { // F32: 8 vec4s per 32 values
@@ -109,27 +186,6 @@ fn dq4(r: WRow, j: u32, sub: u32, i: u32) -> vec4<f32> {
             let v = W[q + i / 2u];
             let h = select(v.xy, v.zw, (i & 1u) == 1u);
             return vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
-        }
-        case 2u: { // Q4_0: nibbles (low = elements 0..15, high = 16..31) | d, two to a word
-            return (nibbles(qword(q, i), i >= 4u) - 8.0) * scale_half(r, j);
-        }
-        case 3u: { // Q4_1: nibbles | (d, m)
-            let dm = unpack2x16float(scale_word(r, j));
-            return nibbles(qword(q, i), i >= 4u) * dm.x + dm.y;
-        }
-        case 6u: { // Q5_0: nibbles | d, qh (bit e = 5th bit of element e)
-            let d = unpack2x16float(scale_word(r, 2u * j)).x;
-            let qh = scale_word(r, 2u * j + 1u);
-            let sh = vec4<u32>(0u, 1u, 2u, 3u) + 4u * i;
-            let h = vec4<f32>(((vec4<u32>(qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
-            return (nibbles(qword(q, i), i >= 4u) + h - 16.0) * d;
-        }
-        case 7u: { // Q5_1: nibbles | (d, m), qh
-            let dm = unpack2x16float(scale_word(r, 2u * j));
-            let qh = scale_word(r, 2u * j + 1u);
-            let sh = vec4<u32>(0u, 1u, 2u, 3u) + 4u * i;
-            let h = vec4<f32>(((vec4<u32>(qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
-            return (nibbles(qword(q, i), i >= 4u) + h) * dm.x + dm.y;
         }
         case 10u: { // Q2_K: 2-bit values (4 vec4s), 16 scale/min bytes (1) | (d, dmin)
             // Chunk sub: half sub / 4 (its 32 bytes), bit pair sub % 4; scale bytes
@@ -155,25 +211,6 @@ fn dq4(r: WRow, j: u32, sub: u32, i: u32) -> vec4<f32> {
             let hb = vec4<f32>(vec4<u32>(m, m >> 8u, m >> 16u, m >> 24u) & vec4<u32>(1u));
             // A clear high bit means minus 4.
             return (v - 4.0 + 4.0 * hb) * (d * sc);
-        }
-        case 13u: { // Q5_K: nibbles (8 vec4s), fifth bits (2) | as Q4_K
-            let sv = W[r.base + r.blocks * QV + j];
-            let dm = unpack2x16float(sv.x);
-            let sm = k4_scale_min(sv, sub);
-            let lw = qword(q + 2u * (sub / 2u) + i / 4u, i);
-            let hw = qword(q + 8u + i / 4u, i) >> sub;
-            let hb = vec4<f32>(vec4<u32>(hw, hw >> 8u, hw >> 16u, hw >> 24u) & vec4<u32>(1u));
-            return (nibbles(lw, (sub & 1u) == 1u) + hb * 16.0) * (dm.x * sm.x) - dm.y * sm.y;
-        }
-        case 8u: { // Q8_0: 2 vec4s of int8 | d, two to a word
-            return bytes_i8(qword(q + i / 4u, i)) * scale_half(r, j);
-        }
-        case 12u: { // Q4_K: 8 vec4s of nibbles | one vec4: (d, dmin), 12 bytes of 6-bit scales
-            let sv = W[r.base + r.blocks * QV + j];
-            let dm = unpack2x16float(sv.x);
-            let sm = k4_scale_min(sv, sub);
-            let w = qword(q + 2u * (sub / 2u) + i / 4u, i);
-            return nibbles(w, (sub & 1u) == 1u) * (dm.x * sm.x) - dm.y * sm.y;
         }
         case 14u: { // Q6_K: ql (8 vec4s), qh (4), int8 scales (1) | d
             let d = unpack2x16float(scale_word(r, j)).x;
@@ -201,4 +238,11 @@ fn dq_chunk(r: WRow, j: u32, sub: u32) -> array<vec4<f32>, 8> {
     return array<vec4<f32>, 8>(dq4(r, j, sub, 0u), dq4(r, j, sub, 1u), dq4(r, j, sub, 2u),
         dq4(r, j, sub, 3u), dq4(r, j, sub, 4u), dq4(r, j, sub, 5u), dq4(r, j, sub, 6u),
         dq4(r, j, sub, 7u));
+}
+
+// The same chunk's integers, for a factored type (the caller applies dq_scale).
+fn dq_chunk_raw(r: WRow, j: u32, sub: u32) -> array<vec4<f32>, 8> {
+    return array<vec4<f32>, 8>(dq4_raw(r, j, sub, 0u), dq4_raw(r, j, sub, 1u),
+        dq4_raw(r, j, sub, 2u), dq4_raw(r, j, sub, 3u), dq4_raw(r, j, sub, 4u),
+        dq4_raw(r, j, sub, 5u), dq4_raw(r, j, sub, 6u), dq4_raw(r, j, sub, 7u));
 }

@@ -274,12 +274,17 @@ pub fn evaluate(
         },
     )?;
     let pad = tok.eos_ids().first().copied().unwrap_or(0);
-    let mut predicted = Vec::with_capacity(data.len());
-    let mut all_lps = Vec::with_capacity(data.len());
-    for chunk in prompts.chunks(batch_examples) {
-        let seq = (chunk.iter().map(Vec::len).max().unwrap_or(1) + longest).max(labels.len());
+    // A batch is padded to its longest sequence, so examples of similar length go together
+    // (shortest first); results are put back in the data's order.
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| prompts[i].len());
+    let mut predicted = vec![0; data.len()];
+    let mut all_lps = vec![Vec::new(); data.len()];
+    for chunk in order.chunks(batch_examples) {
+        let seq = (chunk.iter().map(|&i| prompts[i].len()).max().unwrap_or(1) + longest)
+            .max(labels.len());
         let (mut ids, mut targets) = (Vec::new(), Vec::new());
-        for p in chunk {
+        for p in chunk.iter().map(|&i| &prompts[i]) {
             let rows: Vec<&[u32]> = if single {
                 vec![&[]]
             } else {
@@ -305,7 +310,7 @@ pub fn evaluate(
         let losses = trainer.target_losses(&ids, ids.len() / seq, &targets)?;
         // Targets were pushed example by example, label by label, token by token.
         let mut at = 0;
-        for _ in chunk {
+        for &i in chunk {
             let mut lps = Vec::with_capacity(lids.len());
             for l in &lids {
                 let n = if single { 1 } else { l.len() };
@@ -316,8 +321,8 @@ pub fn evaluate(
             let best = (0..lps.len())
                 .max_by(|&a, &b| lps[a].total_cmp(&lps[b]).then(b.cmp(&a)))
                 .unwrap_or(0);
-            predicted.push(best);
-            all_lps.push(lps);
+            predicted[i] = best;
+            all_lps[i] = lps;
         }
     }
     let mut e = metrics(
