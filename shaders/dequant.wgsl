@@ -99,7 +99,7 @@ fn k4_scale_min(sv: vec4<u32>, j: u32) -> vec2<f32> {
 // `raw` the chunk's small integers (dq4_raw) and (d, m) from dq_scale. A matmul can then take
 // the dot product with the integers and scale it once per chunk (d * sum(raw * x) + m * sum(x))
 // instead of scaling all 32 values: on a CPU device every vector operation costs, and these
-// are the types of nearly every model we load.
+// are the types of nearly every model we load. (The same list: GgmlType::one_scale_per_chunk.)
 fn factored() -> bool {
     return WTYPE == T_Q4_0 || WTYPE == T_Q4_1 || WTYPE == T_Q5_0 || WTYPE == T_Q5_1
         || WTYPE == T_Q8_0 || WTYPE == T_Q4_K || WTYPE == T_Q5_K;

@@ -117,8 +117,8 @@ fn sum_bcast(xl: vec4<f32>) -> f32 {
     return subgroupAdd(xl.x + xl.y + xl.z + xl.w);
 }
 
-// XBCAST: the invocation owns rows n0 (and n0 + 1 if RB = 2) for tokens t0 .. t0 + TB (TB is
-// 1, 4 or 8). Every lane of the subgroup walks the same chunks (rows are clamped, not
+// XBCAST: the invocation owns rows n0 .. n0 + RB (RB is 1 or 2, or 4 decoding a factored
+// type) for tokens t0 .. t0 + TB (TB is 1, 4 or 8). Every lane of the subgroup walks the same chunks (rows are clamped, not
 // skipped), and lane l8 loads vec4 l8 of each chunk of X.
 fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
     // Decoding a factored type (dequant.wgsl), the chunk's integers meet X and the scale and
@@ -133,6 +133,8 @@ fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
     var a1 = vec4<f32>(0.0); // row n0, tokens 4..8
     var b0 = vec4<f32>(0.0); // row n0 + 1
     var b1 = vec4<f32>(0.0);
+    var c0 = vec4<f32>(0.0); // rows n0 + 2, n0 + 3 (RB = 4: decoding a factored type only)
+    var d0 = vec4<f32>(0.0);
     for (var c = 0u; c < chunks; c++) {
         let j = c / SUBS;
         let sub = c % SUBS;
@@ -168,6 +170,14 @@ fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
                 let em = dq_scale(rb, j, sub);
                 b0.x += dot_bcast(x0, dq_chunk_raw(rb, j, sub)) * em.x + em.y * xs;
             }
+            if (RB > 2u) {
+                let rc = wrow(min(n0 + 2u, p.n - 1u), p.k);
+                let rd = wrow(min(n0 + 3u, p.n - 1u), p.k);
+                let cm = dq_scale(rc, j, sub);
+                c0.x += dot_bcast(x0, dq_chunk_raw(rc, j, sub)) * cm.x + cm.y * xs;
+                let dd = dq_scale(rd, j, sub);
+                d0.x += dot_bcast(x0, dq_chunk_raw(rd, j, sub)) * dd.x + dd.y * xs;
+            }
             continue;
         }
         let w = dq_chunk(ra, j, sub);
@@ -192,7 +202,7 @@ fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
         }
     }
     var acc: array<f32, MAX_ACC>;
-    let rows = array<vec4<f32>, 4>(a0, a1, b0, b1);
+    let rows = array<vec4<f32>, 8>(a0, a1, b0, b1, c0, vec4<f32>(0.0), d0, vec4<f32>(0.0));
     for (var r = 0u; r < RB; r++) {
         for (var tb = 0u; tb < TB; tb++) {
             acc[r * TB + tb] = rows[r * 2u + tb / 4u][tb % 4u];
@@ -203,7 +213,11 @@ fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
     }
 }
 
-@compute @workgroup_size(64)
+// Invocations per workgroup: 64, or fewer for the XBCAST variant, where a CPU device runs a
+// workgroup on one core and a small matrix must still make enough workgroups for every core.
+override WG: u32 = 64u;
+
+@compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -214,7 +228,7 @@ fn main(
 ) {
     let t0 = wid.z * TB;
     if (XBCAST) {
-        matmul_bcast((gid.x + gid.y * nwg.x * 64u) * RB, t0, lane % 8u);
+        matmul_bcast((gid.x + gid.y * nwg.x * WG) * RB, t0, lane % 8u);
         return;
     }
     let chunks = p.k / 32u;

@@ -238,6 +238,13 @@ pub const MATMUL_RB_DECODE: u32 = 4;
 /// prefill of 128 tokens 34-35 -> 46-51 tok/s. (Before that layout 4/1 measured best.)
 pub const MATMUL_BCAST_TB: u32 = 8;
 pub const MATMUL_BCAST_RB: u32 = 2;
+/// Rows per invocation and invocations per workgroup of the X-broadcast variant decoding a
+/// type with one scale per 32-value chunk (`GgmlType::one_scale_per_chunk`): more rows share
+/// each X load, and smaller workgroups keep both cores busy on 576-row matrices. Measured on
+/// llvmpipe 25.0, `lamina bench -p 16 -n 128 --train none -r 3`, three rounds alternating:
+/// RB 2 / WG 64 24.3-24.8 tok/s, RB 4 / WG 16 25.9-26.9 (RB 4 with WG 8 or 32: no better).
+pub const MATMUL_BCAST_RB_DECODE: u32 = 4;
+pub const MATMUL_BCAST_WG_DECODE: u32 = 16;
 
 /// `Y[t, y_col + n] (+)= X[t] . W[n] (+ bias[y_col + n])`.
 pub fn matmul(
@@ -250,6 +257,7 @@ pub fn matmul(
 ) -> Result<Vec<Dispatch>, GpuError> {
     let bcast = gpu.cpu_kernels;
     let (tb, rb) = match (bcast, s.t == 1) {
+        (true, true) if w.ty.one_scale_per_chunk() => (1, MATMUL_BCAST_RB_DECODE),
         (true, true) => (1, MATMUL_BCAST_RB),
         (true, false) => (MATMUL_BCAST_TB, MATMUL_BCAST_RB),
         (false, true) => (1, MATMUL_RB_DECODE),
@@ -264,6 +272,14 @@ pub fn matmul(
         ("HAS_BIAS", bias.is_some() as u64),
         ("XBCAST", bcast as u64),
     ]);
+    let wg = if bcast && s.t == 1 {
+        MATMUL_BCAST_WG_DECODE
+    } else {
+        64
+    };
+    if bcast {
+        constants.push(("WG", wg as u64));
+    }
     // On a CPU device (llvmpipe) the one-row-per-invocation variant is 1.5x faster for
     // several tokens (lanes then share each X load); the subgroup variant wins at decode.
     let subgroups =
@@ -276,7 +292,7 @@ pub fn matmul(
         * if subgroups && !bcast {
             64 / gpu.info.subgroup_max_size.clamp(1, 64)
         } else {
-            64
+            wg
         };
     let mut out = Vec::new();
     for piece in &w.pieces {

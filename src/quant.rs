@@ -164,6 +164,14 @@ impl GgmlType {
         }
     }
 
+    /// Whether every 32-value chunk shares one scale and one offset (value = q * d + m): the
+    /// types `factored()` in `shaders/dequant.wgsl` lists, whose decode matmul scales once
+    /// per chunk.
+    pub fn one_scale_per_chunk(self) -> bool {
+        use GgmlType::*;
+        matches!(self, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K)
+    }
+
     /// Scale words per two blocks in the GPU layout: Q4_0 and Q8_0 pack two f16 scales in a
     /// word, Q4_1 has (d, m), Q5_0 and Q5_1 those and the 32 fifth bits, Q4_K and Q5_K a whole
     /// vec4 (d, dmin and the 12 bytes of 6-bit scales), Q2_K (d, dmin), Q3_K and Q6_K their d.
