@@ -117,9 +117,17 @@ fn sum_bcast(xl: vec4<f32>) -> f32 {
     return subgroupAdd(xl.x + xl.y + xl.z + xl.w);
 }
 
+// One token's dot product with chunk `sub` of block j of row r, for a factored type: the
+// chunk's integers meet X (lane i holds vec4 i), then its scale, and its offset times the
+// chunk's sum of X (xs).
+fn dot_factored(r: WRow, j: u32, sub: u32, xl: vec4<f32>, xs: f32) -> f32 {
+    let dm = dq_scale(r, j, sub);
+    return dot_bcast(xl, dq_chunk_raw(r, j, sub)) * dm.x + dm.y * xs;
+}
+
 // XBCAST: the invocation owns rows n0 .. n0 + RB (RB is 1 or 2, or 4 decoding a factored
-// type) for tokens t0 .. t0 + TB (TB is 1, 4 or 8). Every lane of the subgroup walks the same chunks (rows are clamped, not
-// skipped), and lane l8 loads vec4 l8 of each chunk of X.
+// type) for tokens t0 .. t0 + TB (TB is 1, 4 or 8). Every lane of the subgroup walks the same
+// chunks (rows are clamped, not skipped), and lane l8 loads vec4 l8 of each chunk of X.
 fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
     // Decoding a factored type (dequant.wgsl), the chunk's integers meet X and the scale and
     // offset are applied once per chunk and row: measured decode +5%. With several tokens
@@ -129,6 +137,8 @@ fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
     let last = p.t - 1u;
     let ra = wrow(min(n0, p.n - 1u), p.k);
     let rb = wrow(min(n0 + 1u, p.n - 1u), p.k);
+    let rc = wrow(min(n0 + 2u, p.n - 1u), p.k);
+    let rd = wrow(min(n0 + 3u, p.n - 1u), p.k);
     var a0 = vec4<f32>(0.0); // row n0, tokens 0..4
     var a1 = vec4<f32>(0.0); // row n0, tokens 4..8
     var b0 = vec4<f32>(0.0); // row n0 + 1
@@ -164,19 +174,13 @@ fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
             if (WTYPE != T_Q8_0) {
                 xs = sum_bcast(x0);
             }
-            let dm = dq_scale(ra, j, sub);
-            a0.x += dot_bcast(x0, dq_chunk_raw(ra, j, sub)) * dm.x + dm.y * xs;
+            a0.x += dot_factored(ra, j, sub, x0, xs);
             if (RB > 1u) {
-                let em = dq_scale(rb, j, sub);
-                b0.x += dot_bcast(x0, dq_chunk_raw(rb, j, sub)) * em.x + em.y * xs;
+                b0.x += dot_factored(rb, j, sub, x0, xs);
             }
             if (RB > 2u) {
-                let rc = wrow(min(n0 + 2u, p.n - 1u), p.k);
-                let rd = wrow(min(n0 + 3u, p.n - 1u), p.k);
-                let cm = dq_scale(rc, j, sub);
-                c0.x += dot_bcast(x0, dq_chunk_raw(rc, j, sub)) * cm.x + cm.y * xs;
-                let dd = dq_scale(rd, j, sub);
-                d0.x += dot_bcast(x0, dq_chunk_raw(rd, j, sub)) * dd.x + dd.y * xs;
+                c0.x += dot_factored(rc, j, sub, x0, xs);
+                d0.x += dot_factored(rd, j, sub, x0, xs);
             }
             continue;
         }
