@@ -4,8 +4,15 @@
 // online softmax (running max and sum) so scores are never stored. No barriers, no shared
 // memory: on software devices those cost more than they save. Rows are SEQ-token sequences
 // laid end to end, each with its own cache slice (see rope_kv.wgsl).
+//
+// ROPE (one new token per sequence: decode) also does rope_kv's work, saving its dispatch: each
+// invocation rotates its q (written back, as rope_kv leaves it), rotates its group's new k,
+// scores it after the cached keys, and the group's first head appends k and v to the cache.
+// Other invocations only read cache positions before the new token, so no one waits on a write.
 
 override HD4: u32 = 16u;   // head_dim / 4, at most 32
+override ROPE: bool = false;
+override NEOX: bool = false;
 
 struct Params {
     n_head: u32,
@@ -27,10 +34,39 @@ struct Step {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read> QKV: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> KC: array<vec4<kv_t>>;
-@group(0) @binding(4) var<storage, read> VC: array<vec4<kv_t>>;
+@group(0) @binding(2) var<storage, read_write> QKV: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> KC: array<vec4<kv_t>>;
+@group(0) @binding(4) var<storage, read_write> VC: array<vec4<kv_t>>;
 @group(0) @binding(5) var<storage, read_write> OUT: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> ROPE_CS: array<vec2<f32>>; // [pos][pair] (cos, sin)
+
+// Vec4 i of the head vector at vec4 o of QKV rotated for position pos, with rope_kv's pairs
+// and formula.
+fn rotated(o: u32, i: u32, pos: u32) -> vec4<f32> {
+    let tb = pos * 2u * HD4;
+    if (NEOX) {
+        // Element e pairs with e + head_dim / 2: vec4 i with vec4 i +- HD4 / 2.
+        let h4 = HD4 / 2u;
+        let l = i % h4;
+        let c0 = ROPE_CS[tb + 4u * l];
+        let c1 = ROPE_CS[tb + 4u * l + 1u];
+        let c2 = ROPE_CS[tb + 4u * l + 2u];
+        let c3 = ROPE_CS[tb + 4u * l + 3u];
+        let c = vec4<f32>(c0.x, c1.x, c2.x, c3.x);
+        let s = vec4<f32>(c0.y, c1.y, c2.y, c3.y);
+        let a = QKV[o + l];
+        let b = QKV[o + l + h4];
+        if (i < h4) {
+            return a * c - b * s;
+        }
+        return a * s + b * c;
+    }
+    let v = QKV[o + i];
+    let c0 = ROPE_CS[tb + 2u * i];
+    let c1 = ROPE_CS[tb + 2u * i + 1u];
+    return vec4<f32>(v.x * c0.x - v.y * c0.y, v.x * c0.y + v.y * c0.x,
+        v.z * c1.x - v.w * c1.y, v.z * c1.y + v.w * c1.x);
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -42,14 +78,40 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let kvh = h / (p.n_head / p.n_kv_head);
     var q: array<vec4<f32>, 32>;
     let qo = (t * p.qkv_stride) / 4u + h * HD4;
-    for (var i = 0u; i < HD4; i++) {
-        q[i] = QKV[qo + i] * p.scale;
+    let pos = step.pos0 + t % p.seq;
+    let base = ((t / p.seq) * p.n_kv_head + kvh) * p.kv_cap * HD4;
+    var n_keys = pos + 1u;
+    // ROPE: the new key's score (it comes last, after the cached keys, as without ROPE).
+    var s_new = 0.0;
+    let ko_new = (t * p.qkv_stride) / 4u + (p.n_head + kvh) * HD4;
+    let vo_new = ko_new + p.n_kv_head * HD4;
+    if (ROPE) {
+        for (var i = 0u; i < HD4; i++) {
+            q[i] = rotated(qo, i, pos);
+        }
+        let c = base + pos * HD4;
+        let owner = h % (p.n_head / p.n_kv_head) == 0u;
+        var s4 = vec4<f32>(0.0);
+        for (var i = 0u; i < HD4; i++) {
+            let k = rotated(ko_new, i, pos);
+            if (owner) {
+                KC[c + i] = vec4<kv_t>(k);
+                VC[c + i] = vec4<kv_t>(QKV[vo_new + i]);
+            }
+            QKV[qo + i] = q[i];
+            q[i] *= p.scale;
+            s4 += q[i] * kv_round(k);
+        }
+        s_new = s4.x + s4.y + s4.z + s4.w;
+        n_keys = pos;
+    } else {
+        for (var i = 0u; i < HD4; i++) {
+            q[i] = QKV[qo + i] * p.scale;
+        }
     }
     var acc: array<vec4<f32>, 32>;
     var m = -3.0e38;
     var l = 0.0;
-    let n_keys = step.pos0 + t % p.seq + 1u;
-    let base = ((t / p.seq) * p.n_kv_head + kvh) * p.kv_cap * HD4;
     for (var j = 0u; j < n_keys; j++) {
         let ko = base + j * HD4;
         var s4 = vec4<f32>(0.0);
@@ -65,6 +127,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             acc[i] = acc[i] * corr + e * vec4<f32>(VC[ko + i]);
         }
         m = m_new;
+    }
+    if (ROPE) {
+        let m_new = max(m, s_new);
+        let corr = exp(m - m_new);
+        let e = exp(s_new - m_new);
+        l = l * corr + e;
+        for (var i = 0u; i < HD4; i++) {
+            acc[i] = acc[i] * corr + e * kv_round(QKV[vo_new + i]);
+        }
     }
     let oo = (t * p.out_stride) / 4u + h * HD4;
     let inv = 1.0 / l;

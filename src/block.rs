@@ -5,9 +5,10 @@
 //! residual stream lives ([`Residual`]) and what a LoRA branch keeps (the caller's
 //! [`LoraBranch`]).
 //!
-//! Per layer: rmsnorm, fused QKV matmul (+bias) (+LoRA), rope + K/V write, attention, output
-//! matmul accumulating into the residual (+LoRA), rmsnorm, fused gate/up matmul (+LoRA), and
-//! the down matmul that applies SwiGLU on its input and accumulates into the residual (+LoRA).
+//! Per layer: rmsnorm, fused QKV matmul (+bias) (+LoRA), rope + K/V write, attention (one
+//! launch for both when decoding), output matmul accumulating into the residual (+LoRA),
+//! rmsnorm, fused gate/up matmul (+LoRA), and the down matmul that applies SwiGLU on its input
+//! and accumulates into the residual (+LoRA).
 
 use crate::error::Result;
 use crate::gpu::{Buffer, Gpu};
@@ -176,12 +177,19 @@ pub(crate) fn record_layer(
         };
         lora(ops, m, xn, Some(y))?;
     }
-    ops.push(Op::Run(kernels::rope_kv(
-        gpu, shape, rows, io.step, io.qkv, io.rope, io.k, io.v,
-    )?));
-    ops.push(Op::Run(kernels::attention(
-        gpu, shape, rows, io.step, io.qkv, io.k, io.v, io.att,
-    )?));
+    if shape.seq(rows) == 1 {
+        // Decode: rope and the cache append inside attention (one launch fewer).
+        ops.push(Op::Run(kernels::rope_attention(
+            gpu, shape, rows, io.step, io.qkv, io.rope, io.k, io.v, io.att,
+        )?));
+    } else {
+        ops.push(Op::Run(kernels::rope_kv(
+            gpu, shape, rows, io.step, io.qkv, io.rope, io.k, io.v,
+        )?));
+        ops.push(Op::Run(kernels::attention(
+            gpu, shape, rows, io.step, io.qkv, io.k, io.v, io.att,
+        )?));
+    }
     run(
         ops,
         lw.o.dispatch(gpu, io.att, h_mid, mm(qd, d, false, true))?,

@@ -428,7 +428,7 @@ impl AttnShape {
     }
 
     /// Tokens per sequence in a batch of `t` rows.
-    fn seq(&self, t: u32) -> u32 {
+    pub fn seq(&self, t: u32) -> u32 {
         if self.seq_len == 0 {
             t.max(1)
         } else {
@@ -554,6 +554,52 @@ pub fn attention(
     v_cache: &Buffer,
     out: &Buffer,
 ) -> Result<Dispatch, GpuError> {
+    attention_dispatch(gpu, a, t, step, qkv, None, [k_cache, v_cache], out)
+}
+
+/// [`rope_kv`] and [`attention`] in one dispatch, for batches with one new token per sequence
+/// (decode): the same results, one launch fewer per layer.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_attention(
+    gpu: &Gpu,
+    a: AttnShape,
+    t: u32,
+    step: &Buffer,
+    qkv: &Buffer,
+    rope_table: &Buffer,
+    k_cache: &Buffer,
+    v_cache: &Buffer,
+    out: &Buffer,
+) -> Result<Dispatch, GpuError> {
+    if a.seq(t) != 1 {
+        return Err(GpuError::Operation(format!(
+            "rope_attention takes one new token per sequence, not {}",
+            a.seq(t)
+        )));
+    }
+    attention_dispatch(
+        gpu,
+        a,
+        t,
+        step,
+        qkv,
+        Some(rope_table),
+        [k_cache, v_cache],
+        out,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_dispatch(
+    gpu: &Gpu,
+    a: AttnShape,
+    t: u32,
+    step: &Buffer,
+    qkv: &Buffer,
+    rope_table: Option<&Buffer>,
+    [k_cache, v_cache]: [&Buffer; 2],
+    out: &Buffer,
+) -> Result<Dispatch, GpuError> {
     let params = AttnParams {
         n_head: a.n_head,
         n_kv_head: a.n_kv_head,
@@ -564,13 +610,18 @@ pub fn attention(
         scale: 1.0 / (a.head_dim as f32).sqrt(),
         seq: a.seq(t),
     };
+    let table = rope_table.map(|b| &b.raw).unwrap_or(&gpu.dummy);
     dispatch_flags(
         gpu,
         "attention",
         a.flags(gpu),
-        &[("HD4", (a.head_dim / 4) as u64)],
+        &[
+            ("HD4", (a.head_dim / 4) as u64),
+            ("ROPE", rope_table.is_some() as u64),
+            ("NEOX", a.neox as u64),
+        ],
         &params,
-        &[step, qkv, k_cache, v_cache, out],
+        &[step, qkv, k_cache, v_cache, out, table],
         [(t * a.n_head).div_ceil(64), 1, 1],
     )
 }

@@ -207,7 +207,9 @@ fn rmsnorm_and_embed_match_reference() {
 fn rope_kv_and_attention_match_reference() {
     let mut r = rng();
     for gpu in gpus() {
-        for neox in [false, true] {
+        // fused: the decode step runs rope_attention (rope, cache append and attention in one
+        // launch) instead of rope_kv then attention.
+        for (neox, fused) in [(false, false), (true, false), (false, true), (true, true)] {
             let a = AttnShape {
                 n_head: 6,
                 n_kv_head: 2,
@@ -242,10 +244,21 @@ fn rope_kv_and_attention_match_reference() {
                     )
                     .unwrap();
                 let out = gpu.storage("o", (t * nh * hd * 4) as u64).unwrap();
-                let d1 = kernels::rope_kv(&gpu, a, t as u32, &step, &qb, &tbl, &kc, &vc).unwrap();
-                let d2 = kernels::attention(&gpu, a, t as u32, &step, &qb, &kc, &vc, &out).unwrap();
-                kernels::run(&gpu, &[d1, d2]).unwrap();
+                if fused && t == 1 {
+                    let d = kernels::rope_attention(
+                        &gpu, a, t as u32, &step, &qb, &tbl, &kc, &vc, &out,
+                    )
+                    .unwrap();
+                    kernels::run(&gpu, &[d]).unwrap();
+                } else {
+                    let d1 =
+                        kernels::rope_kv(&gpu, a, t as u32, &step, &qb, &tbl, &kc, &vc).unwrap();
+                    let d2 =
+                        kernels::attention(&gpu, a, t as u32, &step, &qb, &kc, &vc, &out).unwrap();
+                    kernels::run(&gpu, &[d1, d2]).unwrap();
+                }
                 let got = gpu.read_f32(&out, 0, (t * nh * hd) as u64).unwrap();
+                let got_qkv = gpu.read_f32(&qb, 0, (t * stride) as u64).unwrap();
 
                 let mut q = Vec::new();
                 for ti in 0..t {
@@ -275,9 +288,36 @@ fn rope_kv_and_attention_match_reference() {
                 let e = max_rel_err(&got, &want);
                 assert!(
                     e < 1e-5,
-                    "neox={neox} pos0={pos0} f16={}: rel err {e}",
+                    "neox={neox} fused={fused} pos0={pos0} f16={}: rel err {e}",
                     a.kv_f16
                 );
+                // Both paths leave q rotated in place (the backward reads it) and the cache
+                // holding the rotated keys and the values of every position so far.
+                let got_q: Vec<f32> = (0..t)
+                    .flat_map(|ti| got_qkv[ti * stride..][..nh * hd].to_vec())
+                    .collect();
+                assert!(
+                    max_rel_err(&got_q, &q) < 1e-6,
+                    "q neox={neox} fused={fused}"
+                );
+                let n = nkv * cap * hd;
+                let read_cache = |b| -> Vec<f32> {
+                    if a.kv_f16 {
+                        let raw = gpu.read_back(b, 0, (n * 2) as u64).unwrap();
+                        let h: &[half::f16] = bytemuck::cast_slice(&raw);
+                        h.iter().map(|x| x.to_f32()).collect()
+                    } else {
+                        gpu.read_f32(b, 0, n as u64).unwrap()
+                    }
+                };
+                let end = pos0 + t;
+                for (cache, want) in [(read_cache(&kc), &kref), (read_cache(&vc), &vref)] {
+                    for h in 0..nkv {
+                        let at = h * cap * hd;
+                        let e = max_rel_err(&cache[at..at + end * hd], &want[at..at + end * hd]);
+                        assert!(e < 1e-6, "cache neox={neox} fused={fused} rel err {e}");
+                    }
+                }
             }
         }
     }
