@@ -5,7 +5,8 @@
 // Without subgroups each invocation owns one row; with them each subgroup owns a row and its
 // lanes split the row's chunks (contiguous loads across lanes), then add with subgroupAdd.
 // Options (override constants): SWIGLU_INPUT reads X as [gate | up] and uses silu(gate) * up,
-// fusing the MLP activation into the down projection; ACCUMULATE adds into Y (the residual).
+// fusing the MLP activation into the down projection; ACCUMULATE adds into Y (the residual);
+// NORM (the CPU-class path, one token) reads X as rmsnorm(X) * NORM_G, saving the norm's launch.
 
 #include dequant
 
@@ -19,6 +20,11 @@ override HAS_BIAS: bool = false;
 // lane loading all of it. Loads whose address the compiler cannot prove uniform cost one
 // scalar load per lane and component there, so this cuts X loads eightfold.
 override XBCAST: bool = false;
+// NORM: X is the residual row; each invocation multiplies it by the norm weight as it loads it,
+// sums its squares from the same loads, and scales its results by 1 / rms. WRITE_XN: the
+// first subgroup also writes the normed row to XN (a LoRA branch reads it).
+override NORM: bool = false;
+override WRITE_XN: bool = false;
 const MAX_TB: u32 = 8u;
 const MAX_ACC: u32 = 32u;      // at least TB * RB
 
@@ -30,7 +36,7 @@ struct Params {
     y_stride: u32,   // Y row stride in floats
     y_col: u32,      // first output column of this piece
     x_row0: u32,     // first X row to read (e.g. only the last token)
-    _pad: u32,
+    eps: f32,        // NORM's epsilon
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -38,6 +44,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(4) var<storage, read> BIAS: array<f32>;
+@group(0) @binding(5) var<storage, read> NORM_G: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> XN: array<vec4<f32>>;
 
 fn load_x(t: u32, k4: u32) -> vec4<f32> {
     let i = (p.x_row0 + t) * p.x_stride4 + k4;
@@ -112,9 +120,15 @@ fn dot_bcast4(x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>,
     return vec4<f32>(dot_bcast(x0, w), dot_bcast(x1, w), dot_bcast(x2, w), dot_bcast(x3, w));
 }
 
+// The sum over lanes 0..7 (the lanes that hold distinct vec4s of X: a subgroup wider than 8
+// repeats them).
+fn sum_lanes8(v: f32, lane: u32) -> f32 {
+    return subgroupAdd(select(0.0, v, lane < 8u));
+}
+
 // The sum of a chunk of X spread over the subgroup (lane i holds vec4 i).
-fn sum_bcast(xl: vec4<f32>) -> f32 {
-    return subgroupAdd(xl.x + xl.y + xl.z + xl.w);
+fn sum_bcast(xl: vec4<f32>, lane: u32) -> f32 {
+    return sum_lanes8(xl.x + xl.y + xl.z + xl.w, lane);
 }
 
 // One token's dot product with chunk `sub` of block j of row r, for a factored type: the
@@ -127,8 +141,10 @@ fn dot_factored(r: WRow, j: u32, sub: u32, xl: vec4<f32>, xs: f32) -> f32 {
 
 // XBCAST: the invocation owns rows n0 .. n0 + RB (RB is 1 or 2, or 4 decoding a factored
 // type) for tokens t0 .. t0 + TB (TB is 1, 4 or 8). Every lane of the subgroup walks the same
-// chunks (rows are clamped, not skipped), and lane l8 loads vec4 l8 of each chunk of X.
-fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
+// chunks (rows are clamped, not skipped), and lane l8 = lane % 8 loads vec4 l8 of each chunk
+// of X. `first` marks the grid's first subgroup (it writes XN).
+fn matmul_bcast(n0: u32, t0: u32, lane: u32, first: bool) {
+    let l8 = lane % 8u;
     // Decoding a factored type (dequant.wgsl), the chunk's integers meet X and the scale and
     // offset are applied once per chunk and row: measured decode +5%. With several tokens
     // the per-token offset terms cost more than they save (prefill -3%), so values it is.
@@ -145,11 +161,16 @@ fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
     var b1 = vec4<f32>(0.0);
     var c0 = vec4<f32>(0.0); // rows n0 + 2, n0 + 3 (RB = 4: decoding a factored type only)
     var d0 = vec4<f32>(0.0);
+    var ss = 0.0; // NORM: this lane's share of the row's sum of squares
     for (var c = 0u; c < chunks; c++) {
         let j = c / SUBS;
         let sub = c % SUBS;
         let k4 = c * 8u + l8;
-        let x0 = load_x(t0, k4);
+        var x0 = load_x(t0, k4);
+        if (NORM) {
+            ss += dot(x0, x0);
+            x0 *= NORM_G[k4];
+        }
         var x1 = vec4<f32>(0.0);
         var x2 = vec4<f32>(0.0);
         var x3 = vec4<f32>(0.0);
@@ -172,7 +193,7 @@ fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
             // The chunk's sum of X, for the offset term (Q8_0 has none).
             var xs = 0.0;
             if (WTYPE != T_Q8_0) {
-                xs = sum_bcast(x0);
+                xs = sum_bcast(x0, lane);
             }
             a0.x += dot_factored(ra, j, sub, x0, xs);
             if (RB > 1u) {
@@ -205,6 +226,20 @@ fn matmul_bcast(n0: u32, t0: u32, l8: u32) {
             }
         }
     }
+    if (NORM) {
+        // One token (TB = 1): its 1 / rms scales the row sums.
+        let inv = inverseSqrt(sum_lanes8(ss, lane) / f32(p.k) + p.eps);
+        a0 *= inv;
+        b0 *= inv;
+        c0 *= inv;
+        d0 *= inv;
+        if (WRITE_XN && first && lane < 8u) {
+            let xo = p.x_row0 * p.x_stride4;
+            for (var k4 = l8; k4 < p.k / 4u; k4 += 8u) {
+                XN[k4] = X[xo + k4] * inv * NORM_G[k4];
+            }
+        }
+    }
     var acc: array<f32, MAX_ACC>;
     let rows = array<vec4<f32>, 8>(a0, a1, b0, b1, c0, vec4<f32>(0.0), d0, vec4<f32>(0.0));
     for (var r = 0u; r < RB; r++) {
@@ -232,7 +267,8 @@ fn main(
 ) {
     let t0 = wid.z * TB;
     if (XBCAST) {
-        matmul_bcast((gid.x + gid.y * nwg.x * WG) * RB, t0, lane % 8u);
+        let idx = gid.x + gid.y * nwg.x * WG;
+        matmul_bcast(idx * RB, t0, lane, idx < sg_size);
         return;
     }
     let chunks = p.k / 32u;

@@ -5,14 +5,15 @@
 //! residual stream lives ([`Residual`]) and what a LoRA branch keeps (the caller's
 //! [`LoraBranch`]).
 //!
-//! Per layer: rmsnorm, fused QKV matmul (+bias) (+LoRA), rope + K/V write, attention (one
-//! launch for both when decoding), output matmul accumulating into the residual (+LoRA),
-//! rmsnorm, fused gate/up matmul (+LoRA), and the down matmul that applies SwiGLU on its input
-//! and accumulates into the residual (+LoRA).
+//! Per layer: rmsnorm, fused QKV matmul (+bias) (+LoRA), rope + K/V write, attention, output
+//! matmul accumulating into the residual (+LoRA), rmsnorm, fused gate/up matmul (+LoRA), and
+//! the down matmul that applies SwiGLU on its input and accumulates into the residual (+LoRA).
+//! Decoding, rope + K/V write run inside attention, and on a CPU-class device each rmsnorm
+//! inside the matmul after it: 5 launches per layer.
 
 use crate::error::Result;
 use crate::gpu::{Buffer, Gpu};
-use crate::kernels::{self, AttnShape, Dispatch, MatmulShape};
+use crate::kernels::{self, AttnShape, Dispatch, MatmulShape, NormInput};
 use crate::model::{Config, Layer, Linear};
 
 /// Kernel launches, with buffer copies and clears between them: a recorded pass, replayed
@@ -151,14 +152,22 @@ pub(crate) fn record_layer(
         ops.extend(dispatches.into_iter().map(Op::Run));
     };
 
-    // rmsnorm(h) * g into `xn`, then a projection of it into `y`.
+    // rmsnorm(h) * g into `xn`, then a projection of it into `y`; one launch where the matmul
+    // folds the norm (it writes `xn` too, for the LoRA branches).
     let normed = |ops: &mut Vec<Op>, h, g, lin: &Linear, y, n_out| -> Result<()> {
+        let shape = mm(d, n_out, false, false);
+        if kernels::folds_norm(gpu, &shape) {
+            let norm = NormInput {
+                g,
+                eps: cfg.rms_eps,
+                xn: Some(io.xn),
+            };
+            run(ops, lin.dispatch_normed(gpu, h, Some(norm), y, shape)?);
+            return Ok(());
+        }
         let norm = kernels::rmsnorm(gpu, h, g, io.xn, d, rows, 0, cfg.rms_eps)?;
         ops.push(Op::Run(norm));
-        run(
-            ops,
-            lin.dispatch(gpu, io.xn, y, mm(d, n_out, false, false))?,
-        );
+        run(ops, lin.dispatch(gpu, io.xn, y, shape)?);
         Ok(())
     };
 

@@ -162,6 +162,9 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     /// Bound where a kernel's optional input (e.g. a bias) is absent.
     pub dummy: wgpu::Buffer,
+    /// Bound where a kernel's optional output is absent (a buffer may not be bound both
+    /// read-only and writable in one dispatch, so not `dummy`).
+    pub dummy_out: wgpu::Buffer,
     uncaptured: Arc<Mutex<Option<String>>>,
 }
 
@@ -237,12 +240,19 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
             mapped_at_creation: false,
         });
+        let dummy_out = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy_out"),
+            size: 256,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         let cpu_kernels = opts.allow_cpu_kernels
             && subgroups
             && info.subgroup_min_size >= 8
             && info.device_type == wgpu::DeviceType::Cpu;
         Ok(Arc::new(Gpu {
             dummy,
+            dummy_out,
             device,
             queue,
             info,

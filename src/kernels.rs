@@ -189,7 +189,7 @@ struct MatmulParams {
     y_stride: u32,
     y_col: u32,
     x_row0: u32,
-    _pad: u32,
+    eps: f32,
 }
 
 /// How a matmul reads X and writes Y.
@@ -255,6 +255,41 @@ pub fn matmul(
     y: &Buffer,
     s: MatmulShape,
 ) -> Result<Vec<Dispatch>, GpuError> {
+    matmul_normed(gpu, w, bias, x, None, y, s)
+}
+
+/// An RMSNorm folded into a matmul's input: X is read as `rmsnorm(X) * g`.
+#[derive(Clone, Copy)]
+pub struct NormInput<'a> {
+    pub g: &'a Buffer,
+    pub eps: f32,
+    /// Where the normed row is also written, as a separate rmsnorm would leave it (a LoRA
+    /// branch reads it).
+    pub xn: Option<&'a Buffer>,
+}
+
+/// Whether [`matmul_normed`] folds the norm for this shape: on the CPU-class kernels decoding
+/// one token, where a launch costs about what a small matmul's work does (llvmpipe). Elsewhere
+/// the norm runs as its own launch.
+pub fn folds_norm(gpu: &Gpu, s: &MatmulShape) -> bool {
+    gpu.cpu_kernels && s.t == 1 && !s.swiglu_input
+}
+
+/// [`matmul`] of `rmsnorm(X) * norm.g` where [`folds_norm`] holds (an error elsewhere).
+pub fn matmul_normed(
+    gpu: &Gpu,
+    w: &QMatrix,
+    bias: Option<&Buffer>,
+    x: &Buffer,
+    norm: Option<NormInput<'_>>,
+    y: &Buffer,
+    s: MatmulShape,
+) -> Result<Vec<Dispatch>, GpuError> {
+    if norm.is_some() && !folds_norm(gpu, &s) {
+        return Err(GpuError::Operation(
+            "a norm folds into the CPU-class matmul of one token only".into(),
+        ));
+    }
     let bcast = gpu.cpu_kernels;
     let (tb, rb) = match (bcast, s.t == 1) {
         (true, true) if w.ty.one_scale_per_chunk() => (1, MATMUL_BCAST_RB_DECODE),
@@ -271,6 +306,7 @@ pub fn matmul(
         ("ACCUMULATE", s.accumulate as u64),
         ("HAS_BIAS", bias.is_some() as u64),
         ("XBCAST", bcast as u64),
+        ("NORM", norm.is_some() as u64),
     ]);
     let wg = if bcast && s.t == 1 {
         MATMUL_BCAST_WG_DECODE
@@ -295,7 +331,7 @@ pub fn matmul(
             wg
         };
     let mut out = Vec::new();
-    for piece in &w.pieces {
+    for (i, piece) in w.pieces.iter().enumerate() {
         let params = MatmulParams {
             k: w.cols,
             n: piece.rows,
@@ -304,17 +340,24 @@ pub fn matmul(
             y_stride: s.y_stride,
             y_col: s.y_col + piece.row0,
             x_row0: s.x_row0,
-            _pad: 0,
+            eps: norm.map_or(0.0, |n| n.eps),
         };
         let [gx, gy, _] = grid(piece.rows.div_ceil(rows_per_group));
         let bias_buf = bias.map(|b| &b.raw).unwrap_or(&gpu.dummy);
+        let g = norm.map(|n| &n.g.raw).unwrap_or(&gpu.dummy);
+        // The normed row is written once, by the first piece.
+        let xn = norm.and_then(|n| n.xn).filter(|_| i == 0);
+        let mut c = constants.clone();
+        c.push(("WRITE_XN", xn.is_some() as u64));
+        let xn = xn.map(|b| &b.raw).unwrap_or(&gpu.dummy_out);
         out.push(dispatch_flags(
             gpu,
             "matmul",
             flags,
-            &constants,
+            &c,
             &params,
-            &[&piece.buf, x, y, bias_buf],
+            // The norm's buffers exist in the subgroup variant only (matmul_bcast's).
+            &[&piece.buf, x, y, bias_buf, g, xn][..if subgroups { 6 } else { 4 }],
             [gx, gy, s.t.div_ceil(tb)],
         )?);
     }

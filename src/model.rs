@@ -14,7 +14,7 @@ use crate::block::{self, BlockBuffers, LoraIn, LoraOut, Op, Residual};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::gpu::{Buffer, Gpu};
-use crate::kernels::{self, AttnShape, Dispatch, MatmulShape, QMatrix, Step};
+use crate::kernels::{self, AttnShape, Dispatch, MatmulShape, NormInput, QMatrix, Step};
 use crate::quant::{self, GgmlType};
 
 /// Architecture hyper-parameters, read from `{arch}.*` metadata.
@@ -349,13 +349,38 @@ impl Linear {
         y: &Buffer,
         s: MatmulShape,
     ) -> Result<Vec<Dispatch>> {
+        self.dispatch_normed(gpu, x, None, y, s)
+    }
+
+    /// [`Linear::dispatch`] of `rmsnorm(x) * norm.g` (see [`kernels::matmul_normed`]).
+    pub(crate) fn dispatch_normed(
+        &self,
+        gpu: &Gpu,
+        x: &Buffer,
+        norm: Option<NormInput<'_>>,
+        y: &Buffer,
+        s: MatmulShape,
+    ) -> Result<Vec<Dispatch>> {
         let mut out = Vec::new();
-        for (m, col) in &self.parts {
+        for (i, (m, col)) in self.parts.iter().enumerate() {
             let shape = MatmulShape {
                 y_col: s.y_col + col,
                 ..s
             };
-            out.extend(kernels::matmul(gpu, m, self.bias.as_ref(), x, y, shape)?);
+            // The normed row is written once, by the first part.
+            let norm = norm.map(|n| NormInput {
+                xn: n.xn.filter(|_| i == 0),
+                ..n
+            });
+            out.extend(kernels::matmul_normed(
+                gpu,
+                m,
+                self.bias.as_ref(),
+                x,
+                norm,
+                y,
+                shape,
+            )?);
         }
         Ok(out)
     }
@@ -751,28 +776,33 @@ impl Llama {
                 a.logits_all.as_ref().expect("allocated before planning"),
             ),
         };
-        plan.push(Op::Run(kernels::rmsnorm(
-            gpu,
-            &a.h,
-            &self.weights.out_norm,
-            &a.xn,
-            d,
-            n_rows,
-            row0,
-            cfg.rms_eps,
-        )?));
-        plan.extend(
-            kernels::matmul(
+        let head_shape = MatmulShape::rows(n_rows, d, cfg.vocab);
+        let head = if kernels::folds_norm(gpu, &head_shape) {
+            // The final norm inside the head's matmul (one launch fewer).
+            let norm = NormInput {
+                g: &self.weights.out_norm,
+                eps: cfg.rms_eps,
+                xn: None,
+            };
+            let s = MatmulShape {
+                x_row0: row0,
+                ..head_shape
+            };
+            kernels::matmul_normed(gpu, self.weights.head(), None, &a.h, Some(norm), logits, s)?
+        } else {
+            plan.push(Op::Run(kernels::rmsnorm(
                 gpu,
-                self.weights.head(),
-                None,
+                &a.h,
+                &self.weights.out_norm,
                 &a.xn,
-                logits,
-                MatmulShape::rows(n_rows, d, cfg.vocab),
-            )?
-            .into_iter()
-            .map(Op::Run),
-        );
+                d,
+                n_rows,
+                row0,
+                cfg.rms_eps,
+            )?));
+            kernels::matmul(gpu, self.weights.head(), None, &a.xn, logits, head_shape)?
+        };
+        plan.extend(head.into_iter().map(Op::Run));
         Ok(plan)
     }
 

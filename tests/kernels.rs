@@ -165,6 +165,80 @@ fn matmul_fusions_swiglu_input_bias_accumulate_and_offsets() {
     }
 }
 
+/// Decoding on a CPU-class device, the rmsnorm before a projection runs inside its matmul
+/// (kernels::matmul_normed): it must equal rmsnorm then matmul for every type, with a bias and
+/// a later X row, and leave the normed row where the separate norm would.
+#[test]
+fn matmul_with_a_folded_rmsnorm_matches_rmsnorm_then_matmul() {
+    let mut r = rng();
+    for gpu in gpus() {
+        let shape = |n: usize, k: usize| MatmulShape {
+            x_row0: 2,
+            ..MatmulShape::rows(1, k as u32, n as u32 + 3)
+        };
+        let (n, k) = (70usize, 512usize);
+        if !kernels::folds_norm(&gpu, &shape(n, k)) {
+            // Elsewhere the norm stays its own launch, and asking for the fold is an error.
+            assert!(!gpu.cpu_kernels);
+            let w = quant::quantize(GgmlType::Q8_0, &randn(&mut r, n * k, 1.0));
+            let m = QMatrix::upload(&gpu, "w", GgmlType::Q8_0, n as u32, k as u32, &w).unwrap();
+            let b = gpu.storage("b", (3 * k * 4) as u64).unwrap();
+            let norm = kernels::NormInput {
+                g: &b,
+                eps: 1e-5,
+                xn: None,
+            };
+            assert!(
+                kernels::matmul_normed(&gpu, &m, None, &b, Some(norm), &b, shape(n, k)).is_err()
+            );
+            continue;
+        }
+        assert!(!kernels::folds_norm(
+            &gpu,
+            &MatmulShape {
+                t: 2,
+                ..shape(n, k)
+            }
+        ));
+        for ty in TYPES {
+            let w = randn(&mut r, n * k, 1.0);
+            let bytes = quant::quantize(ty, &w);
+            let wq = quant::dequantize(ty, &bytes).unwrap();
+            let m = QMatrix::upload(&gpu, "w", ty, n as u32, k as u32, &bytes).unwrap();
+            let x = randn(&mut r, 3 * k, 2.0);
+            let g = randn(&mut r, k, 1.5);
+            let bias = randn(&mut r, n + 3, 1.0);
+            let (xb, gb, bb) = (
+                upload_f32(&gpu, &x),
+                upload_f32(&gpu, &g),
+                upload_f32(&gpu, &bias),
+            );
+            let yb = gpu.storage("y", ((n + 3) * 4) as u64).unwrap();
+            let xnb = gpu.storage("xn", (k * 4) as u64).unwrap();
+            let norm = kernels::NormInput {
+                g: &gb,
+                eps: 1e-5,
+                xn: Some(&xnb),
+            };
+            let s = MatmulShape {
+                y_col: 3,
+                ..shape(n, k)
+            };
+            let d = kernels::matmul_normed(&gpu, &m, Some(&bb), &xb, Some(norm), &yb, s).unwrap();
+            kernels::run(&gpu, &d).unwrap();
+            let got = gpu.read_f32(&yb, 3, n as u64).unwrap();
+            let xn = reference::rmsnorm(&x[2 * k..], &g, 1e-5);
+            let prod = reference::matmul(&wq, &xn, n, k);
+            let want: Vec<f32> = prod.iter().zip(&bias[3..]).map(|(p, b)| p + b).collect();
+            let e = max_rel_err(&got, &want);
+            assert!(e < 1e-5, "{ty:?}: rel err {e}");
+            let got_xn = gpu.read_f32(&xnb, 0, k as u64).unwrap();
+            let e = max_rel_err(&got_xn, &xn);
+            assert!(e < 1e-6, "{ty:?} normed row: rel err {e}");
+        }
+    }
+}
+
 #[test]
 fn rmsnorm_and_embed_match_reference() {
     let mut r = rng();

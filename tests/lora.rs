@@ -165,6 +165,22 @@ fn peft_fixture_adapter_gives_peft_loss_on_the_gguf_model() {
     // Removing it gives the base model back.
     model.set_adapters(vec![]).unwrap();
     assert!((batch_loss(&mut model, &st) - base).abs() < 1e-9);
+
+    // One token at a time (the decode path, where the LoRA branches read the normed input
+    // that a matmul with the folded norm writes) gives the same loss.
+    let one = ModelOptions {
+        context: 64,
+        batch: 1,
+        ..Default::default()
+    };
+    let mut model = Llama::load(gpu.clone(), &g, one).unwrap();
+    model.set_adapters(vec![(adapter.clone(), 1.0)]).unwrap();
+    let decoded = batch_loss(&mut model, &st);
+    eprintln!("with adapter, one token at a time: {decoded:.6}");
+    assert!(
+        ((decoded - want) / want).abs() < 1e-4,
+        "loss {decoded} vs PEFT {want}"
+    );
 }
 
 #[test]

@@ -111,3 +111,16 @@ fn logits_match_transformers_without_f16_or_subgroups_and_in_small_batches() {
     assert!(!m.opts.kv_f16);
     check_logits(&mut m);
 }
+
+#[test]
+fn logits_match_transformers_decoding_one_token_at_a_time() {
+    // Batches of one token take the decode path: rope inside attention and, on a CPU-class
+    // device, each rmsnorm inside the matmul after it.
+    let on = GpuOptions {
+        allow_f16: true,
+        allow_subgroups: true,
+        allow_cpu_kernels: true,
+    };
+    let mut m = load(on, 1, true);
+    check_logits(&mut m);
+}
