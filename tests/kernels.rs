@@ -484,4 +484,33 @@ fn attention_over_a_long_cache_matches_reference() {
     let want = reference::attention(&qkv[..nh * hd], &k, &v, nh, nkv, hd, cap, pos0);
     let e = max_rel_err(&got, &want);
     assert!(e < 1e-4, "rel err {e}");
+
+    // The decode kernel with rope and the cache append folded in, at the same position: the
+    // new key (rotated) is scored after all 8,191 cached ones.
+    let table = kernels::rope_table(a.head_dim, 10000.0, a.kv_cap);
+    let tbl = gpu
+        .storage_init("rope", bytemuck::cast_slice(&table))
+        .unwrap();
+    let (kb, vb, qb) = (
+        upload_f32(gpu, &k),
+        upload_f32(gpu, &v),
+        upload_f32(gpu, &qkv),
+    );
+    let d = kernels::rope_attention(gpu, a, 1, &step, &qb, &tbl, &kb, &vb, &out).unwrap();
+    kernels::run(gpu, &[d]).unwrap();
+    let got = gpu.read_f32(&out, 0, (nh * hd) as u64).unwrap();
+    let mut q = qkv[..nh * hd].to_vec();
+    for h in 0..nh {
+        reference::rope(&mut q[h * hd..][..hd], &table, pos0, false);
+    }
+    let (mut k2, mut v2) = (k.clone(), v.clone());
+    for h in 0..nkv {
+        let mut kn = qkv[(nh + h) * hd..][..hd].to_vec();
+        reference::rope(&mut kn, &table, pos0, false);
+        k2[(h * cap + pos0) * hd..][..hd].copy_from_slice(&kn);
+        v2[(h * cap + pos0) * hd..][..hd].copy_from_slice(&qkv[(nh + nkv + h) * hd..][..hd]);
+    }
+    let want = reference::attention(&q, &k2, &v2, nh, nkv, hd, cap, pos0);
+    let e = max_rel_err(&got, &want);
+    assert!(e < 1e-4, "fused: rel err {e}");
 }
