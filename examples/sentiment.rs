@@ -80,6 +80,9 @@ struct Args {
     /// Measured at the default budget it overshot to the minority answer (see the README).
     #[arg(long)]
     balanced: bool,
+    /// Draw the held-out rows evenly from each label too (the majority baseline is then 1 / labels).
+    #[arg(long)]
+    balanced_test: bool,
     /// Also train the end-of-text token after the label (classification scores only the
     /// label's tokens, so by default only they carry the loss).
     #[arg(long)]
@@ -164,6 +167,28 @@ fn permute<T>(rows: &mut [T], seed: u64) {
         let j = (next() % (i as u64 + 1)) as usize;
         rows.swap(i, j);
     }
+}
+
+/// Up to `n` rows drawn evenly from each label (round-robin in the rows' order, until a label
+/// runs out).
+fn balance(rows: Vec<(String, String)>, task: &Task, n: usize) -> Vec<(String, String)> {
+    let mut per_label: Vec<std::collections::VecDeque<(String, String)>> =
+        vec![Default::default(); task.labels.len()];
+    for row in rows {
+        if let Some(i) = task.labels.iter().position(|l| *l == row.1) {
+            per_label[i].push_back(row);
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    'draw: while out.len() < n {
+        for q in per_label.iter_mut() {
+            match q.pop_front() {
+                Some(row) if out.len() < n => out.push(row),
+                _ => break 'draw,
+            }
+        }
+    }
+    out
 }
 
 /// Held-out accuracy, per-label figures and the confusion matrix, many rows per forward pass.
@@ -266,30 +291,16 @@ fn main() -> lamina::Result<()> {
         .unwrap_or((rows.len() / 5).clamp(1, 1000))
         .min(rows.len());
     let (held_out, train_pool) = rows.split_at(pool);
-    let test_rows = &held_out[..args.test.min(held_out.len())];
+    let test_rows = if args.balanced_test {
+        balance(held_out.to_vec(), &task, args.test)
+    } else {
+        held_out[..args.test.min(held_out.len())].to_vec()
+    };
+    let test_rows = &test_rows[..];
     let mut train_rows = train_pool.to_vec();
     permute(&mut train_rows, args.seed);
     if args.balanced {
-        // Round-robin over the labels, in the shuffled order, until a label runs out.
-        let mut per_label: Vec<std::collections::VecDeque<(String, String)>> =
-            vec![Default::default(); task.labels.len()];
-        for row in train_rows.drain(..) {
-            let i = task
-                .labels
-                .iter()
-                .position(|l| *l == row.1)
-                .expect("checked above");
-            per_label[i].push_back(row);
-        }
-        'draw: while train_rows.len() < args.train {
-            for q in per_label.iter_mut() {
-                match q.pop_front() {
-                    Some(row) if train_rows.len() < args.train => train_rows.push(row),
-                    Some(_) => break 'draw,
-                    None => break 'draw,
-                }
-            }
-        }
+        train_rows = balance(train_rows, &task, args.train);
     }
     train_rows.truncate(args.train);
 
