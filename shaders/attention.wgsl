@@ -13,6 +13,10 @@
 override HD4: u32 = 16u;   // head_dim / 4, at most 32
 override ROPE: bool = false;
 override NEOX: bool = false;
+// Invocations per workgroup. A CPU device runs a workgroup on one core, one subgroup of 8 lanes
+// after another: decoding, SmolLM2's 9 heads in one workgroup of 64 made two passes on one core
+// while the other idled; workgroups of 8 put each pass on its own core.
+override WG: u32 = 64u;
 
 struct Params {
     n_head: u32,
@@ -68,7 +72,7 @@ fn rotated(o: u32, i: u32, pos: u32) -> vec4<f32> {
         v.z * c1.x - v.w * c1.y, v.z * c1.y + v.w * c1.x);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let h = gid.x % p.n_head;
     let t = gid.x / p.n_head;

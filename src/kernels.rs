@@ -632,6 +632,11 @@ pub fn rope_attention(
     )
 }
 
+/// Attention's workgroup on CPU-class devices: one subgroup, so heads spread over the cores.
+const ATTENTION_CPU_WG: u32 = 8;
+/// The fewest workgroups per grid dimension every device takes.
+const MAX_GROUPS_X: u32 = 65_535;
+
 #[allow(clippy::too_many_arguments)]
 fn attention_dispatch(
     gpu: &Gpu,
@@ -654,6 +659,12 @@ fn attention_dispatch(
         seq: a.seq(t),
     };
     let table = rope_table.map(|b| &b.raw).unwrap_or(&gpu.dummy);
+    let invocations = t * a.n_head;
+    let wg = if gpu.cpu_kernels && invocations.div_ceil(ATTENTION_CPU_WG) <= MAX_GROUPS_X {
+        ATTENTION_CPU_WG
+    } else {
+        64
+    };
     dispatch_flags(
         gpu,
         "attention",
@@ -662,10 +673,11 @@ fn attention_dispatch(
             ("HD4", (a.head_dim / 4) as u64),
             ("ROPE", rope_table.is_some() as u64),
             ("NEOX", a.neox as u64),
+            ("WG", wg as u64),
         ],
         &params,
         &[step, qkv, k_cache, v_cache, out, table],
-        [(t * a.n_head).div_ceil(64), 1, 1],
+        [invocations.div_ceil(wg), 1, 1],
     )
 }
 
