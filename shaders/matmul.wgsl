@@ -132,8 +132,8 @@ fn sum_bcast(xl: vec4<f32>, lane: u32) -> f32 {
 }
 
 // One token's dot product with chunk `sub` of block j of row r, for a factored type: the
-// chunk's integers meet X (lane i holds vec4 i), then its scale, and its offset times the
-// chunk's sum of X (xs).
+// chunk's integers meet X (lane i holds vec4 i, times raw_x_scale()), then its scale, and its
+// offset times the chunk's sum of X (xs).
 fn dot_factored(r: WRow, j: u32, sub: u32, xl: vec4<f32>, xs: f32) -> f32 {
     let dm = dq_scale(r, j, sub);
     return dot_bcast(xl, dq_chunk_raw(r, j, sub)) * dm.x + dm.y * xs;
@@ -195,13 +195,14 @@ fn matmul_bcast(n0: u32, t0: u32, lane: u32, first: bool) {
             if (WTYPE != T_Q8_0) {
                 xs = sum_bcast(x0, lane);
             }
-            a0.x += dot_factored(ra, j, sub, x0, xs);
+            let xq = x0 * raw_x_scale();
+            a0.x += dot_factored(ra, j, sub, xq, xs);
             if (RB > 1u) {
-                b0.x += dot_factored(rb, j, sub, x0, xs);
+                b0.x += dot_factored(rb, j, sub, xq, xs);
             }
             if (RB > 2u) {
-                c0.x += dot_factored(rc, j, sub, x0, xs);
-                d0.x += dot_factored(rd, j, sub, x0, xs);
+                c0.x += dot_factored(rc, j, sub, xq, xs);
+                d0.x += dot_factored(rd, j, sub, xq, xs);
             }
             continue;
         }
