@@ -137,30 +137,46 @@ fn dq_scale(r: WRow, j: u32, sub: u32) -> vec2<f32> {
     }
 }
 
+// The quant word holding nibbles 4i .. 4i+3 of chunk `sub` of block j of row r, and whether
+// they are its high nibbles: Q4_0/Q4_1/Q5_0/Q5_1 keep a block's 32 values in one vec4 (low
+// nibbles 0..15, high 16..31); Q4_K/Q5_K keep chunk pair (2m, 2m + 1) in two vec4s (the even
+// chunk in the low nibbles).
+struct NibbleWord {
+    w: u32,
+    hi: bool,
+}
+
+fn nibble_word(r: WRow, j: u32, sub: u32, i: u32) -> NibbleWord {
+    let q = r.base + j * QV;
+    if (SUBS == 1u) {
+        return NibbleWord(qword(q, i), i >= 4u);
+    }
+    return NibbleWord(qword(q + 2u * (sub / 2u) + i / 4u, i), (sub & 1u) == 1u);
+}
+
 // The integers 4i .. 4i+3 of chunk `sub` of block j of row r, for the factored types.
 fn dq4_raw(r: WRow, j: u32, sub: u32, i: u32) -> vec4<f32> {
     let q = r.base + j * QV;
     switch WTYPE {
-        case 2u, 3u: { // Q4_0, Q4_1: nibbles (low = elements 0..15, high = 16..31)
-            return nibbles(qword(q, i), i >= 4u);
+        case 2u, 3u, 12u: { // Q4_0, Q4_1, Q4_K: nibbles
+            let n = nibble_word(r, j, sub, i);
+            return nibbles(n.w, n.hi);
         }
         case 6u, 7u: { // Q5_0, Q5_1: nibbles | scales, qh (bit e = 5th bit of element e)
             let qh = scale_word(r, 2u * j + 1u);
             let sh = vec4<u32>(0u, 1u, 2u, 3u) + 4u * i;
             let h = vec4<f32>(((vec4<u32>(qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
-            return nibbles(qword(q, i), i >= 4u) + h;
+            let n = nibble_word(r, j, sub, i);
+            return nibbles(n.w, n.hi) + h;
         }
         case 8u: { // Q8_0: 2 vec4s of int8 | d, two to a word
             return bytes_i8(qword(q + i / 4u, i));
         }
-        case 12u: { // Q4_K: 8 vec4s of nibbles | one vec4: (d, dmin), 12 bytes of 6-bit scales
-            return nibbles(qword(q + 2u * (sub / 2u) + i / 4u, i), (sub & 1u) == 1u);
-        }
         case 13u: { // Q5_K: nibbles (8 vec4s), fifth bits (2) | as Q4_K
-            let lw = qword(q + 2u * (sub / 2u) + i / 4u, i);
+            let n = nibble_word(r, j, sub, i);
             let hw = qword(q + 8u + i / 4u, i) >> sub;
             let hb = vec4<f32>(vec4<u32>(hw, hw >> 8u, hw >> 16u, hw >> 24u) & vec4<u32>(1u));
-            return nibbles(lw, (sub & 1u) == 1u) + hb * 16.0;
+            return nibbles(n.w, n.hi) + hb * 16.0;
         }
         default: {
             return vec4<f32>(0.0);
@@ -249,10 +265,15 @@ fn nibbles_spread(w: u32, hi: bool) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(m));
 }
 
+// The types whose raw integers are nibbles alone (dq4_spread spreads them).
+fn nibbles_only() -> bool {
+    return WTYPE == T_Q4_0 || WTYPE == T_Q4_1 || WTYPE == T_Q4_K;
+}
+
 // What X's vec4s are multiplied by before meeting dq4_spread (powers of two: exact, so each
 // product is the one the plain integers give).
 fn raw_x_scale() -> vec4<f32> {
-    if (WTYPE == T_Q4_0 || WTYPE == T_Q4_1 || WTYPE == T_Q4_K) {
+    if (nibbles_only()) {
         return vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
     }
     return vec4<f32>(1.0);
@@ -261,18 +282,11 @@ fn raw_x_scale() -> vec4<f32> {
 // dq4_raw's integers, each component k times the k-th of 1 / raw_x_scale(): the nibble types
 // (most models' weights) skip a shift a value, about a quarter of their decode work.
 fn dq4_spread(r: WRow, j: u32, sub: u32, i: u32) -> vec4<f32> {
-    let q = r.base + j * QV;
-    switch WTYPE {
-        case 2u, 3u: { // Q4_0, Q4_1
-            return nibbles_spread(qword(q, i), i >= 4u);
-        }
-        case 12u: { // Q4_K
-            return nibbles_spread(qword(q + 2u * (sub / 2u) + i / 4u, i), (sub & 1u) == 1u);
-        }
-        default: {
-            return dq4_raw(r, j, sub, i);
-        }
+    if (nibbles_only()) {
+        let n = nibble_word(r, j, sub, i);
+        return nibbles_spread(n.w, n.hi);
     }
+    return dq4_raw(r, j, sub, i);
 }
 
 // The same chunk's integers, for a factored type, spread as dq4_spread (the caller scales X

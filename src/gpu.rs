@@ -593,12 +593,15 @@ pub fn u32s_from_bytes(bytes: &[u8]) -> Vec<u32> {
     bytemuck::pod_collect_to_vec(&bytes[..bytes.len() / 4 * 4])
 }
 
-/// Splits a 1-D count of workgroups into a grid within the per-dimension limit (65535).
+/// Workgroups per grid dimension that every device takes (WebGPU's default limit).
+pub const MAX_GROUPS_PER_DIM: u32 = 65535;
+
+/// Splits a 1-D count of workgroups into a grid within the per-dimension limit.
 pub fn grid(groups: u32) -> [u32; 3] {
-    if groups <= 65535 {
+    if groups <= MAX_GROUPS_PER_DIM {
         [groups.max(1), 1, 1]
     } else {
-        let y = groups.div_ceil(65535);
+        let y = groups.div_ceil(MAX_GROUPS_PER_DIM);
         [groups.div_ceil(y), y, 1]
     }
 }

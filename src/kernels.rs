@@ -634,8 +634,6 @@ pub fn rope_attention(
 
 /// Attention's workgroup on CPU-class devices: one subgroup, so heads spread over the cores.
 const ATTENTION_CPU_WG: u32 = 8;
-/// The fewest workgroups per grid dimension every device takes.
-const MAX_GROUPS_X: u32 = 65_535;
 
 #[allow(clippy::too_many_arguments)]
 fn attention_dispatch(
@@ -660,7 +658,9 @@ fn attention_dispatch(
     };
     let table = rope_table.map(|b| &b.raw).unwrap_or(&gpu.dummy);
     let invocations = t * a.n_head;
-    let wg = if gpu.cpu_kernels && invocations.div_ceil(ATTENTION_CPU_WG) <= MAX_GROUPS_X {
+    let wg = if gpu.cpu_kernels
+        && invocations.div_ceil(ATTENTION_CPU_WG) <= crate::gpu::MAX_GROUPS_PER_DIM
+    {
         ATTENTION_CPU_WG
     } else {
         64
