@@ -43,10 +43,10 @@ const BUNDLED_LABELS: [(&str, &str); 2] = [("great", "positive"), ("other", "neg
 #[command(about = "Fine-tune a LoRA adapter for text classification on this device and measure it")]
 struct Args {
     /// Training rows (from the training pool, shuffled by --seed).
-    #[arg(long, default_value_t = 240)]
+    #[arg(long, default_value_t = 1300)]
     train: usize,
     /// Held-out rows to measure on.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 300)]
     test: usize,
     /// Longest training example in tokens (prompt + label); longer reviews lose their start.
     #[arg(long, default_value_t = 128)]
@@ -66,11 +66,12 @@ struct Args {
     rank: u32,
     #[arg(long, default_value_t = 16.0)]
     alpha: f32,
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 1e-3)]
     lr: f32,
-    /// Adapt only the top N layers (the backward stops below them: much cheaper).
-    #[arg(long, default_value_t = 8, conflicts_with = "layers")]
-    last_layers: u32,
+    /// Adapt only the top N layers (the backward stops below them: about twice as fast at 8
+    /// of 30, but 81% instead of 85% held out; see the README). Every layer by default.
+    #[arg(long, conflicts_with = "layers")]
+    last_layers: Option<u32>,
     /// Adapt these layers, e.g. 0-29 for all of SmolLM2-135M's (overrides --last-layers).
     #[arg(long)]
     layers: Option<String>,
@@ -90,7 +91,7 @@ struct Args {
     /// Where the adapter is saved (and read by --classify).
     #[arg(long, default_value = "target/sentiment-adapter")]
     out: PathBuf,
-    /// A short run for a first look (96 training rows, 60 held out, 64 tokens).
+    /// A short run for a first look (96 training rows, 60 held out, 64 tokens, top 8 layers).
     #[arg(long)]
     quick: bool,
     /// Classify this text with the saved adapter (--adapter or --out) and exit.
@@ -235,6 +236,9 @@ fn main() -> lamina::Result<()> {
     let mut args = Args::parse();
     if args.quick {
         (args.train, args.test, args.max_len) = (96, 60, 64);
+        if args.layers.is_none() {
+            args.last_layers = args.last_layers.or(Some(8));
+        }
     }
     let task = Task::new(&args);
 
@@ -357,7 +361,7 @@ fn main() -> lamina::Result<()> {
     cfg.lora.alpha = args.alpha;
     match &args.layers {
         Some(spec) => cfg.lora.layers = Some(lamina::train::parse_layers(spec)?),
-        None => cfg.lora.last_layers = Some(args.last_layers),
+        None => cfg.lora.last_layers = args.last_layers,
     }
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
