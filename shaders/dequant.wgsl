@@ -72,11 +72,6 @@ fn qword(a: u32, i: u32) -> u32 {
     return v[i % 4u];
 }
 
-// f16 scale h of the row's scale region (two to a word).
-fn scale_half(r: WRow, h: u32) -> f32 {
-    return unpack2x16float(scale_word(r, h / 2u))[h % 2u];
-}
-
 // Q4_K: 6-bit scale and min of sub-block j from the 12 scale bytes in sv.yzw.
 fn k4_scale_min(sv: vec4<u32>, j: u32) -> vec2<f32> {
     let s0 = sv.y;
@@ -105,28 +100,50 @@ fn factored() -> bool {
         || WTYPE == T_Q8_0 || WTYPE == T_Q4_K || WTYPE == T_Q5_K;
 }
 
-// (d, m) of chunk `sub` of block j of row r, for the factored types.
-fn dq_scale(r: WRow, j: u32, sub: u32) -> vec2<f32> {
+// The factored types' scale words: block j's first is word j * SCALES_X2 / 2 of the row's
+// scale region (a k-quant block's are the whole vector j), so one vector of the region serves
+// 8 * SUBS / SCALES_X2 consecutive chunks (Q4_0 and Q8_0: 8, Q4_1: 4, Q5_0/Q5_1: 2, Q4_K and
+// Q5_K: their 8 sub-blocks).
+fn scale_word_index(j: u32) -> u32 {
+    return j * SCALES_X2 / 2u;
+}
+
+fn scale_vec_index(r: WRow, j: u32) -> u32 {
+    return r.base + r.blocks * QV + scale_word_index(j) / 4u;
+}
+
+fn chunks_per_scale_vec() -> u32 {
+    return 8u * SUBS / max(SCALES_X2, 1u); // (types without scale words have SCALES_X2 = 0)
+}
+
+// Whether a decode matmul loads each scale vector once for its chunks and keeps it: llvmpipe
+// pays per 32-bit word a lane loads, and a k-quant chunk's scale and min need its block's whole
+// vector (4 words a chunk otherwise; measured Q4_K mat-vec 30-35 -> 17-23 ms per 16 launches).
+// The one-word types would load as many words and hold them in registers across chunks.
+fn reuse_scale_vec() -> bool {
+    return factored() && SUBS > 1u;
+}
+
+// (d, m) of chunk `sub` of block j, for the factored types, from sv: the scale vector that
+// holds block j's words, or for the one-word types that word in every component.
+fn dq_scale_in(sv: vec4<u32>, j: u32, sub: u32) -> vec2<f32> {
+    let w = sv[scale_word_index(j) % 4u];
     switch WTYPE {
-        case 2u: { // Q4_0: (q - 8) * d
-            let d = scale_half(r, j);
+        case 2u: { // Q4_0: (q - 8) * d, two f16 d to a word
+            let d = unpack2x16float(w)[j % 2u];
             return vec2<f32>(d, -8.0 * d);
         }
-        case 3u: { // Q4_1: q * d + m
-            return unpack2x16float(scale_word(r, j));
+        case 3u, 7u: { // Q4_1: q * d + m; Q5_1: the same | qh
+            return unpack2x16float(w);
         }
-        case 7u: { // Q5_1: q * d + m | qh
-            return unpack2x16float(scale_word(r, 2u * j));
-        }
-        case 6u: { // Q5_0: (q - 16) * d
-            let d = unpack2x16float(scale_word(r, 2u * j)).x;
+        case 6u: { // Q5_0: (q - 16) * d | qh
+            let d = unpack2x16float(w).x;
             return vec2<f32>(d, -16.0 * d);
         }
-        case 8u: { // Q8_0
-            return vec2<f32>(scale_half(r, j), 0.0);
+        case 8u: { // Q8_0: q * d, two f16 d to a word
+            return vec2<f32>(unpack2x16float(w)[j % 2u], 0.0);
         }
         case 12u, 13u: { // Q4_K, Q5_K: q * (d * scale) - dmin * min
-            let sv = W[r.base + r.blocks * QV + j];
             let dm = unpack2x16float(sv.x);
             let sm = k4_scale_min(sv, sub);
             return vec2<f32>(dm.x * sm.x, -dm.y * sm.y);
@@ -135,6 +152,15 @@ fn dq_scale(r: WRow, j: u32, sub: u32) -> vec2<f32> {
             return vec2<f32>(1.0, 0.0);
         }
     }
+}
+
+// (d, m) of chunk `sub` of block j of row r, for the factored types: one scalar load, or the
+// k-quants' vector.
+fn dq_scale(r: WRow, j: u32, sub: u32) -> vec2<f32> {
+    if (SUBS > 1u) {
+        return dq_scale_in(W[scale_vec_index(r, j)], j, sub);
+    }
+    return dq_scale_in(vec4<u32>(scale_word(r, scale_word_index(j))), j, sub);
 }
 
 // The quant word holding nibbles 4i .. 4i+3 of chunk `sub` of block j of row r, and whether

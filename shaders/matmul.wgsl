@@ -133,9 +133,15 @@ fn sum_bcast(xl: vec4<f32>, lane: u32) -> f32 {
 
 // One token's dot product with chunk `sub` of block j of row r, for a factored type: the
 // chunk's integers meet X (lane i holds vec4 i, times raw_x_scale()), then its scale, and its
-// offset times the chunk's sum of X (xs).
-fn dot_factored(r: WRow, j: u32, sub: u32, xl: vec4<f32>, xs: f32) -> f32 {
-    let dm = dq_scale(r, j, sub);
+// offset times the chunk's sum of X (xs); sv is the row's scale vector of the chunk where
+// reuse_scale_vec() holds.
+fn dot_factored(r: WRow, j: u32, sub: u32, sv: vec4<u32>, xl: vec4<f32>, xs: f32) -> f32 {
+    var dm: vec2<f32>;
+    if (reuse_scale_vec()) {
+        dm = dq_scale_in(sv, j, sub);
+    } else {
+        dm = dq_scale(r, j, sub);
+    }
     return dot_bcast(xl, dq_chunk_raw(r, j, sub)) * dm.x + dm.y * xs;
 }
 
@@ -162,6 +168,11 @@ fn matmul_bcast(n0: u32, t0: u32, lane: u32, first: bool) {
     var c0 = vec4<f32>(0.0); // rows n0 + 2, n0 + 3 (RB = 4: decoding a factored type only)
     var d0 = vec4<f32>(0.0);
     var ss = 0.0; // NORM: this lane's share of the row's sum of squares
+    // Factored decode: the rows' current scale vectors (reuse_scale_vec()).
+    var sva = vec4<u32>(0u);
+    var svb = vec4<u32>(0u);
+    var svc = vec4<u32>(0u);
+    var svd = vec4<u32>(0u);
     for (var c = 0u; c < chunks; c++) {
         let j = c / SUBS;
         let sub = c % SUBS;
@@ -190,19 +201,29 @@ fn matmul_bcast(n0: u32, t0: u32, lane: u32, first: bool) {
             x7 = load_x(min(t0 + 7u, last), k4);
         }
         if (fac) {
+            if (reuse_scale_vec() && c % chunks_per_scale_vec() == 0u) {
+                sva = W[scale_vec_index(ra, j)];
+                if (RB > 1u) {
+                    svb = W[scale_vec_index(rb, j)];
+                }
+                if (RB > 2u) {
+                    svc = W[scale_vec_index(rc, j)];
+                    svd = W[scale_vec_index(rd, j)];
+                }
+            }
             // The chunk's sum of X, for the offset term (Q8_0 has none).
             var xs = 0.0;
             if (WTYPE != T_Q8_0) {
                 xs = sum_bcast(x0, lane);
             }
             let xq = x0 * raw_x_scale();
-            a0.x += dot_factored(ra, j, sub, xq, xs);
+            a0.x += dot_factored(ra, j, sub, sva, xq, xs);
             if (RB > 1u) {
-                b0.x += dot_factored(rb, j, sub, xq, xs);
+                b0.x += dot_factored(rb, j, sub, svb, xq, xs);
             }
             if (RB > 2u) {
-                c0.x += dot_factored(rc, j, sub, xq, xs);
-                d0.x += dot_factored(rd, j, sub, xq, xs);
+                c0.x += dot_factored(rc, j, sub, svc, xq, xs);
+                d0.x += dot_factored(rd, j, sub, svd, xq, xs);
             }
             continue;
         }
