@@ -101,9 +101,7 @@ fn factored() -> bool {
 }
 
 // The factored types' scale words: block j's first is word j * SCALES_X2 / 2 of the row's
-// scale region (a k-quant block's are the whole vector j), so one vector of the region serves
-// 8 * SUBS / SCALES_X2 consecutive chunks (Q4_0 and Q8_0: 8, Q4_1: 4, Q5_0/Q5_1: 2, Q4_K and
-// Q5_K: their 8 sub-blocks).
+// scale region (a k-quant block's are the whole vector j).
 fn scale_word_index(j: u32) -> u32 {
     return j * SCALES_X2 / 2u;
 }
@@ -112,13 +110,10 @@ fn scale_vec_index(r: WRow, j: u32) -> u32 {
     return r.base + r.blocks * QV + scale_word_index(j) / 4u;
 }
 
-fn chunks_per_scale_vec() -> u32 {
-    return 8u * SUBS / max(SCALES_X2, 1u); // (types without scale words have SCALES_X2 = 0)
-}
-
-// Whether a decode matmul loads each scale vector once for its chunks and keeps it: llvmpipe
-// pays per 32-bit word a lane loads, and a k-quant chunk's scale and min need its block's whole
-// vector (4 words a chunk otherwise; measured Q4_K mat-vec 30-35 -> 17-23 ms per 16 launches).
+// Whether a decode matmul loads a block's scale vector once, at its first chunk, and keeps it
+// for the block's SUBS chunks: llvmpipe pays per 32-bit word a lane loads, and a k-quant
+// chunk's scale and min need the whole vector (4 words a chunk otherwise; measured Q4_K
+// mat-vec 30-35 -> 17-23 ms per 16 launches).
 // The one-word types would load as many words and hold them in registers across chunks.
 fn reuse_scale_vec() -> bool {
     return factored() && SUBS > 1u;
