@@ -17,6 +17,13 @@ override NEOX: bool = false;
 // after another: decoding, SmolLM2's 9 heads in one workgroup of 64 made two passes on one core
 // while the other idled; workgroups of 8 put each pass on its own core.
 override WG: u32 = 64u;
+// GROUPED (CPU-class decode with ROPE, WG = one subgroup of 8 lanes): one workgroup per
+// (sequence, KV head) serves the G query heads that share it, so each cached key and value is
+// loaded once for the group instead of once per head (loads are what a CPU device pays for),
+// and lane l holds vec4s l, l + 8, ... of every head vector: q and the accumulators stay in
+// registers, and each score's partial dot products add up across the lanes.
+override GROUPED: bool = false;
+override G: u32 = 1u;      // query heads per KV head (GROUPED), at most 8
 
 struct Params {
     n_head: u32,
@@ -72,10 +79,10 @@ fn rotated(o: u32, i: u32, pos: u32) -> vec4<f32> {
         v.z * c1.x - v.w * c1.y, v.z * c1.y + v.w * c1.x);
 }
 
-@compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let h = gid.x % p.n_head;
-    let t = gid.x / p.n_head;
+// One invocation per (token, head): id = token * n_head + head.
+fn per_head(id: u32) {
+    let h = id % p.n_head;
+    let t = id / p.n_head;
     if (t >= p.t) {
         return;
     }
@@ -147,3 +154,115 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         OUT[oo + i] = acc[i] * inv;
     }
 }
+
+#if SUBGROUPS
+// GROUPED: vec4s of a head vector per lane (HD4 is a multiple of 16).
+const GV: u32 = HD4 / 8u;
+
+// The GROUPED decode step of KV head kvh of token t (one new token per sequence), by the
+// subgroup's lane `lane`: rope, cache append and attention as per_head does them with ROPE.
+fn grouped(t: u32, kvh: u32, lane: u32) {
+    let pos = step.pos0;
+    let base = (t * p.n_kv_head + kvh) * p.kv_cap * HD4;
+    let row = (t * p.qkv_stride) / 4u;
+    let ko_new = row + (p.n_head + kvh) * HD4;
+    let vo_new = ko_new + p.n_kv_head * HD4;
+    // Rotate the group's queries and the new key. Rotation pairs vec4 i with i +- HD4 / 2 at
+    // most, and with HD4 a multiple of 16 both belong to the same lane: no lane reads what
+    // another writes back.
+    var q: array<vec4<f32>, 32>; // [g * GV + v]: head g's vec4 lane + 8 v
+    var kn: array<vec4<f32>, 4>;
+    var vn: array<vec4<f32>, 4>;
+    for (var g = 0u; g < G; g++) {
+        let qo = row + (kvh * G + g) * HD4;
+        for (var v = 0u; v < GV; v++) {
+            q[g * GV + v] = rotated(qo, lane + 8u * v, pos);
+        }
+    }
+    for (var v = 0u; v < GV; v++) {
+        kn[v] = rotated(ko_new, lane + 8u * v, pos);
+        vn[v] = QKV[vo_new + lane + 8u * v];
+    }
+    let c = base + pos * HD4;
+    for (var v = 0u; v < GV; v++) {
+        let i = lane + 8u * v;
+        KC[c + i] = vec4<kv_t>(kn[v]);
+        VC[c + i] = vec4<kv_t>(vn[v]);
+        kn[v] = kv_round(kn[v]);
+        vn[v] = kv_round(vn[v]);
+    }
+    for (var g = 0u; g < G; g++) {
+        let qo = row + (kvh * G + g) * HD4;
+        for (var v = 0u; v < GV; v++) {
+            QKV[qo + lane + 8u * v] = q[g * GV + v];
+            q[g * GV + v] *= p.scale;
+        }
+    }
+    var acc: array<vec4<f32>, 32>;
+    var m: array<f32, 8>;
+    var l: array<f32, 8>;
+    for (var g = 0u; g < G; g++) {
+        m[g] = -3.0e38;
+        l[g] = 0.0;
+    }
+    // The cached keys, then the new one (as per_head orders them).
+    for (var j = 0u; j <= pos; j++) {
+        var k: array<vec4<f32>, 4>;
+        var val: array<vec4<f32>, 4>;
+        if (j < pos) {
+            let ko = base + j * HD4;
+            for (var v = 0u; v < GV; v++) {
+                k[v] = vec4<f32>(KC[ko + lane + 8u * v]);
+                val[v] = vec4<f32>(VC[ko + lane + 8u * v]);
+            }
+        } else {
+            k = kn;
+            val = vn;
+        }
+        for (var g = 0u; g < G; g++) {
+            var d = vec4<f32>(0.0);
+            for (var v = 0u; v < GV; v++) {
+                d += q[g * GV + v] * k[v];
+            }
+            let s = subgroupAdd(d.x + d.y + d.z + d.w);
+            let m_new = max(m[g], s);
+            let corr = exp(m[g] - m_new);
+            let e = exp(s - m_new);
+            l[g] = l[g] * corr + e;
+            for (var v = 0u; v < GV; v++) {
+                acc[g * GV + v] = acc[g * GV + v] * corr + e * val[v];
+            }
+            m[g] = m_new;
+        }
+    }
+    for (var g = 0u; g < G; g++) {
+        let oo = (t * p.out_stride) / 4u + (kvh * G + g) * HD4;
+        let inv = 1.0 / l[g];
+        for (var v = 0u; v < GV; v++) {
+            OUT[oo + lane + 8u * v] = acc[g * GV + v] * inv;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    if (GROUPED) {
+        // One workgroup (one subgroup) per (token, KV head).
+        let t = wid.x / p.n_kv_head;
+        if (t < p.t) {
+            grouped(t, wid.x % p.n_kv_head, lane);
+        }
+        return;
+    }
+    per_head(gid.x);
+}
+#else
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    per_head(gid.x);
+}
+#endif

@@ -657,13 +657,30 @@ fn attention_dispatch(
         seq: a.seq(t),
     };
     let table = rope_table.map(|b| &b.raw).unwrap_or(&gpu.dummy);
+    let group = a.n_head / a.n_kv_head;
+    // attention.wgsl's GROUPED decode: one subgroup of 8 lanes per (sequence, KV head), each
+    // lane holding head_dim / 32 vec4s of every head vector of the group (an even number, so
+    // the vec4s rope pairs are the same lane's).
+    let grouped = rope_table.is_some()
+        && gpu.cpu_kernels
+        && gpu.info.subgroup_max_size == ATTENTION_CPU_WG
+        && a.head_dim % 64 == 0
+        && a.head_dim <= 128
+        && group <= 8
+        && t * a.n_kv_head <= crate::gpu::MAX_GROUPS_PER_DIM;
     let invocations = t * a.n_head;
-    let wg = if gpu.cpu_kernels
-        && invocations.div_ceil(ATTENTION_CPU_WG) <= crate::gpu::MAX_GROUPS_PER_DIM
+    let wg = if grouped
+        || gpu.cpu_kernels
+            && invocations.div_ceil(ATTENTION_CPU_WG) <= crate::gpu::MAX_GROUPS_PER_DIM
     {
         ATTENTION_CPU_WG
     } else {
         64
+    };
+    let groups = if grouped {
+        t * a.n_kv_head
+    } else {
+        invocations.div_ceil(wg)
     };
     dispatch_flags(
         gpu,
@@ -674,10 +691,12 @@ fn attention_dispatch(
             ("ROPE", rope_table.is_some() as u64),
             ("NEOX", a.neox as u64),
             ("WG", wg as u64),
+            ("GROUPED", grouped as u64),
+            ("G", group as u64),
         ],
         &params,
         &[step, qkv, k_cache, v_cache, out, table],
-        [invocations.div_ceil(wg), 1, 1],
+        [groups, 1, 1],
     )
 }
 

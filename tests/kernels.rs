@@ -283,11 +283,18 @@ fn rope_kv_and_attention_match_reference() {
     for gpu in gpus() {
         // fused: the decode step runs rope_attention (rope, cache append and attention in one
         // launch) instead of rope_kv then attention.
-        for (neox, fused) in [(false, false), (true, false), (false, true), (true, true)] {
+        // Head sizes and groups: the CPU-class decode serves a KV head's group in one subgroup
+        // where head_dim is a multiple of 64, and runs per head otherwise.
+        let shapes = [(6, 2, 16), (6, 2, 64), (4, 4, 64), (8, 1, 128)];
+        for ((neox, fused), (n_head, n_kv_head, head_dim)) in
+            [(false, false), (true, false), (false, true), (true, true)]
+                .into_iter()
+                .flat_map(|nf| shapes.map(|s| (nf, s)))
+        {
             let a = AttnShape {
-                n_head: 6,
-                n_kv_head: 2,
-                head_dim: 16,
+                n_head,
+                n_kv_head,
+                head_dim,
                 kv_cap: 24,
                 neox,
                 kv_f16: gpu.f16,
@@ -362,7 +369,7 @@ fn rope_kv_and_attention_match_reference() {
                 let e = max_rel_err(&got, &want);
                 assert!(
                     e < 1e-5,
-                    "neox={neox} fused={fused} pos0={pos0} f16={}: rel err {e}",
+                    "neox={neox} fused={fused} pos0={pos0} f16={} {n_head}/{n_kv_head}x{head_dim}: rel err {e}",
                     a.kv_f16
                 );
                 // Both paths leave q rotated in place (the backward reads it) and the cache
