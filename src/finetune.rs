@@ -65,7 +65,7 @@ pub struct TrainConfig {
     pub checkpoint_every: u32,
     pub seed: u64,
     /// Replay each layer's forward in the backward instead of keeping activations;
-    /// unset: only when the kept activations would exceed 256 MiB.
+    /// unset: only when the kept activations would exceed [`KEPT_ACTIVATIONS_MAX`].
     pub recompute: Option<bool>,
     pub bucket_by_length: bool,
 }
@@ -285,6 +285,12 @@ fn epoch_batches(
 }
 
 /// Bytes of activations a trainer keeps without recomputation.
+/// The most activation memory training keeps by default (`recompute` unset) before it
+/// replays each layer's forward instead: keeping is ~30% faster (`lamina bench`: 4x128 at 49.0
+/// tok/s kept, 37.6 recomputed), and PEFT, like PyTorch, keeps activations unless asked not to.
+/// 1 GiB keeps SmolLM2-135M's batch of 8 x 128 (0.76 GB); Qwen2.5-0.5B's (1.4 GB) is recomputed.
+pub const KEPT_ACTIVATIONS_MAX: u64 = 1 << 30;
+
 fn kept_activation_bytes(model: &Llama, rows: u64, r: u64) -> u64 {
     let c = &model.cfg;
     let per_row = 2 * c.n_embd as u64
@@ -335,9 +341,9 @@ pub fn fine_tune(
         .unwrap_or(2)
         .min(cfg.max_len as usize) as u32;
     let rows = cfg.batch_size as u64 * max_seq as u64;
-    let recompute = cfg
-        .recompute
-        .unwrap_or_else(|| kept_activation_bytes(model, rows, cfg.lora.r as u64) > 256 << 20);
+    let recompute = cfg.recompute.unwrap_or_else(|| {
+        kept_activation_bytes(model, rows, cfg.lora.r as u64) > KEPT_ACTIVATIONS_MAX
+    });
     let adapter = TrainableAdapter::new(&model.gpu, &model.cfg, &cfg.lora, cfg.seed)?;
     let mut trainer = Trainer::new(
         model,
