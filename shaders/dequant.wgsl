@@ -110,13 +110,19 @@ fn scale_vec_index(r: WRow, j: u32) -> u32 {
     return r.base + r.blocks * QV + scale_word_index(j) / 4u;
 }
 
-// Whether a decode matmul loads a block's scale vector once, at its first chunk, and keeps it
-// for the block's SUBS chunks: llvmpipe pays per 32-bit word a lane loads, and a k-quant
-// chunk's scale and min need the whole vector (4 words a chunk otherwise; measured Q4_K
-// mat-vec 30-35 -> 17-23 ms per 16 launches).
-// The one-word types would load as many words and hold them in registers across chunks.
+// Whether a decode matmul loads the scale vector once, at the first chunk it serves, and
+// keeps it for the chunks after: llvmpipe pays per 32-bit word a lane loads. A k-quant chunk's
+// scale and min need its block's whole vector (4 words a chunk otherwise; measured Q4_K
+// mat-vec 30-35 -> 17-23 ms per 16 launches); Q4_0 and Q8_0 keep two blocks' scales to a word,
+// so a vector serves 8 chunks for 4 words instead of 8. The one-word-per-block types would
+// load as many words and hold them in registers across chunks.
 fn reuse_scale_vec() -> bool {
-    return factored() && SUBS > 1u;
+    return factored() && (SUBS > 1u || SCALES_X2 == 1u);
+}
+
+// Whether chunk `sub` of block j is the first that its scale vector serves (reuse_scale_vec).
+fn scale_vec_starts(j: u32, sub: u32) -> bool {
+    return sub == 0u && scale_word_index(j) % 4u == 0u && (j * SCALES_X2) % 2u == 0u;
 }
 
 // (d, m) of chunk `sub` of block j, for the factored types, from sv: the scale vector that

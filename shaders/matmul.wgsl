@@ -201,7 +201,7 @@ fn matmul_bcast(n0: u32, t0: u32, lane: u32, first: bool) {
             x7 = load_x(min(t0 + 7u, last), k4);
         }
         if (fac) {
-            if (reuse_scale_vec() && sub == 0u) {
+            if (reuse_scale_vec() && scale_vec_starts(j, sub)) {
                 sva = W[scale_vec_index(ra, j)];
                 if (RB > 1u) {
                     svb = W[scale_vec_index(rb, j)];
