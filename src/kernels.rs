@@ -664,7 +664,7 @@ fn attention_dispatch(
     let grouped = rope_table.is_some()
         && gpu.cpu_kernels
         && gpu.info.subgroup_max_size == ATTENTION_CPU_WG
-        && a.head_dim % 64 == 0
+        && a.head_dim.is_multiple_of(64)
         && a.head_dim <= 128
         && group <= 8
         && t * a.n_kv_head <= crate::gpu::MAX_GROUPS_PER_DIM;
