@@ -24,6 +24,7 @@ override WG: u32 = 64u;
 // registers, and each score's partial dot products add up across the lanes.
 override GROUPED: bool = false;
 override G: u32 = 1u;      // query heads per KV head (GROUPED), at most 8
+override GV: u32 = 1u;     // vec4s of a head vector per lane (GROUPED): HD4 / 8, at most 4
 
 struct Params {
     n_head: u32,
@@ -156,9 +157,6 @@ fn per_head(id: u32) {
 }
 
 #if SUBGROUPS
-// GROUPED: vec4s of a head vector per lane (HD4 is a multiple of 16).
-const GV: u32 = HD4 / 8u;
-
 // The GROUPED decode step of KV head kvh of token t (one new token per sequence), by the
 // subgroup's lane `lane`: rope, cache append and attention as per_head does them with ROPE.
 fn grouped(t: u32, kvh: u32, lane: u32) {

@@ -693,6 +693,7 @@ fn attention_dispatch(
             ("WG", wg as u64),
             ("GROUPED", grouped as u64),
             ("G", group as u64),
+            ("GV", (a.head_dim / 32) as u64),
         ],
         &params,
         &[step, qkv, k_cache, v_cache, out, table],
