@@ -284,13 +284,13 @@ fn epoch_batches(
     )
 }
 
-/// Bytes of activations a trainer keeps without recomputation.
 /// The most activation memory training keeps by default (`recompute` unset) before it
 /// replays each layer's forward instead: keeping is ~30% faster (`lamina bench`: 4x128 at 49.0
 /// tok/s kept, 37.6 recomputed), and PEFT, like PyTorch, keeps activations unless asked not to.
 /// 1 GiB keeps SmolLM2-135M's batch of 8 x 128 (0.76 GB); Qwen2.5-0.5B's (1.4 GB) is recomputed.
 pub const KEPT_ACTIVATIONS_MAX: u64 = 1 << 30;
 
+/// Bytes of activations a trainer keeps without recomputation.
 fn kept_activation_bytes(model: &Llama, rows: u64, r: u64) -> u64 {
     let c = &model.cfg;
     let per_row = 2 * c.n_embd as u64
