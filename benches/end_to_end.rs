@@ -7,6 +7,7 @@ use lamina::engine::{Engine, EngineOptions};
 use lamina::generate::{GenerateParams, SamplingParams};
 
 fn bench(c: &mut Criterion) {
+    lamina::gpu::two_software_threads_per_core();
     let mut engine = Engine::load(None, EngineOptions::default()).expect("default model");
     let gpu = engine.gpu().clone();
     eprintln!("device: {}", gpu.describe());

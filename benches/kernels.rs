@@ -26,6 +26,7 @@ fn run_repeated(gpu: &Gpu, d: &[kernels::Dispatch]) {
 }
 
 fn bench(c: &mut Criterion) {
+    lamina::gpu::two_software_threads_per_core();
     let gpu = Gpu::new(GpuOptions::default()).expect("a GPU adapter");
     eprintln!("device: {}", gpu.describe());
     let mut group = c.benchmark_group("matmul");
@@ -81,6 +82,7 @@ fn bench(c: &mut Criterion) {
 /// tiny, launched DISPATCHES times in one submit (elements/s = dispatches/s), and once per
 /// submit (the submit-and-wait round trip of one token's plan, without its work).
 fn dispatch_cost(c: &mut Criterion) {
+    lamina::gpu::two_software_threads_per_core();
     const DISPATCHES: usize = 256;
     let gpu = Gpu::new(GpuOptions::default()).expect("a GPU adapter");
     let mut group = c.benchmark_group("dispatch");

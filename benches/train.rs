@@ -11,6 +11,7 @@
 use lamina::engine::{Engine, EngineOptions};
 
 fn main() {
+    lamina::gpu::two_software_threads_per_core();
     let env = |k: &str, d: usize| {
         std::env::var(k)
             .ok()

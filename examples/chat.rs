@@ -31,6 +31,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    lamina::gpu::two_software_threads_per_core();
     let args = Args::parse();
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,

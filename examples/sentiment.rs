@@ -233,6 +233,7 @@ fn read_rows(path: &std::path::Path, max_chars: usize) -> lamina::Result<Vec<(St
 }
 
 fn main() -> lamina::Result<()> {
+    lamina::gpu::two_software_threads_per_core();
     let mut args = Args::parse();
     if args.quick {
         (args.train, args.test, args.max_len) = (96, 60, 64);

@@ -476,6 +476,7 @@ fn interrupt_flag() -> Arc<AtomicBool> {
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
+    lamina::gpu::two_software_threads_per_core();
     let flag = interrupt_flag();
     let _ = ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
