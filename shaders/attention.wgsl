@@ -157,6 +157,64 @@ fn per_head(id: u32) {
 }
 
 #if SUBGROUPS
+// GROUPED: one query head's part of the work, held by each lane of the subgroup: its vec4s
+// lane + 8 v of the head vector (v < GV), and its running softmax (max, sum, accumulators).
+// The group's heads are separate variables (h0 .. h7 in `grouped`), not an array indexed by
+// head: llvmpipe does not unroll the head loop around the softmax, and a local array indexed
+// by a loop counter is lowered to a chain of compares and branches on every access.
+struct HeadPart {
+    q: array<vec4<f32>, 4>,
+    acc: array<vec4<f32>, 4>,
+    m: f32,
+    l: f32,
+}
+
+// Head g of KV head kvh's group (query vec4s at row + ...), rotated for pos and written back
+// as rope_kv leaves it, then scaled for the scores. All of this lane's vec4s of the head are
+// rotated before any is written back: with NEOX, vec4 i pairs with i +- HD4 / 2, and with HD4
+// a multiple of 16 both belong to this lane, so no lane reads what another writes back.
+fn head_part(row: u32, kvh: u32, g: u32, lane: u32, pos: u32) -> HeadPart {
+    var h: HeadPart;
+    let qo = row + (kvh * G + g) * HD4;
+    for (var v = 0u; v < GV; v++) {
+        h.q[v] = rotated(qo, lane + 8u * v, pos);
+    }
+    for (var v = 0u; v < GV; v++) {
+        QKV[qo + lane + 8u * v] = h.q[v];
+        h.q[v] *= p.scale;
+    }
+    h.m = -3.0e38;
+    h.l = 0.0;
+    return h;
+}
+
+// Scores key k for head h (each score's partial dot products add up across the lanes) and
+// folds value val into its running softmax.
+fn head_step(h: ptr<function, HeadPart>, k: array<vec4<f32>, 4>, val: array<vec4<f32>, 4>) {
+    var d = vec4<f32>(0.0);
+    for (var v = 0u; v < GV; v++) {
+        d += (*h).q[v] * k[v];
+    }
+    let s = subgroupAdd(d.x + d.y + d.z + d.w);
+    let m_new = max((*h).m, s);
+    let corr = exp((*h).m - m_new);
+    let e = exp(s - m_new);
+    (*h).l = (*h).l * corr + e;
+    for (var v = 0u; v < GV; v++) {
+        (*h).acc[v] = (*h).acc[v] * corr + e * val[v];
+    }
+    (*h).m = m_new;
+}
+
+// Head g's output (head part h) for token t.
+fn head_out(h: HeadPart, t: u32, kvh: u32, g: u32, lane: u32) {
+    let oo = (t * p.out_stride) / 4u + (kvh * G + g) * HD4;
+    let inv = 1.0 / h.l;
+    for (var v = 0u; v < GV; v++) {
+        OUT[oo + lane + 8u * v] = h.acc[v] * inv;
+    }
+}
+
 // The GROUPED decode step of KV head kvh of token t (one new token per sequence), by the
 // subgroup's lane `lane`: rope, cache append and attention as per_head does them with ROPE.
 fn grouped(t: u32, kvh: u32, lane: u32) {
@@ -165,80 +223,104 @@ fn grouped(t: u32, kvh: u32, lane: u32) {
     let row = (t * p.qkv_stride) / 4u;
     let ko_new = row + (p.n_head + kvh) * HD4;
     let vo_new = ko_new + p.n_kv_head * HD4;
-    // Rotate the group's queries and the new key. Rotation pairs vec4 i with i +- HD4 / 2 at
-    // most, and with HD4 a multiple of 16 both belong to the same lane: no lane reads what
-    // another writes back.
-    var q: array<vec4<f32>, 32>; // [g * GV + v]: head g's vec4 lane + 8 v
+    // The group's heads (G is at most 8; the heads past G are never touched).
+    var h0 = head_part(row, kvh, 0u, lane, pos);
+    var h1: HeadPart;
+    var h2: HeadPart;
+    var h3: HeadPart;
+    var h4: HeadPart;
+    var h5: HeadPart;
+    var h6: HeadPart;
+    var h7: HeadPart;
+    if (G > 1u) {
+        h1 = head_part(row, kvh, 1u, lane, pos);
+    }
+    if (G > 2u) {
+        h2 = head_part(row, kvh, 2u, lane, pos);
+    }
+    if (G > 3u) {
+        h3 = head_part(row, kvh, 3u, lane, pos);
+    }
+    if (G > 4u) {
+        h4 = head_part(row, kvh, 4u, lane, pos);
+    }
+    if (G > 5u) {
+        h5 = head_part(row, kvh, 5u, lane, pos);
+    }
+    if (G > 6u) {
+        h6 = head_part(row, kvh, 6u, lane, pos);
+    }
+    if (G > 7u) {
+        h7 = head_part(row, kvh, 7u, lane, pos);
+    }
+    // The new key (rotated) and value, appended to the cache and rounded as it holds them.
     var kn: array<vec4<f32>, 4>;
     var vn: array<vec4<f32>, 4>;
-    for (var g = 0u; g < G; g++) {
-        let qo = row + (kvh * G + g) * HD4;
-        for (var v = 0u; v < GV; v++) {
-            q[g * GV + v] = rotated(qo, lane + 8u * v, pos);
-        }
-    }
-    for (var v = 0u; v < GV; v++) {
-        kn[v] = rotated(ko_new, lane + 8u * v, pos);
-        vn[v] = QKV[vo_new + lane + 8u * v];
-    }
     let c = base + pos * HD4;
     for (var v = 0u; v < GV; v++) {
         let i = lane + 8u * v;
+        kn[v] = rotated(ko_new, i, pos);
+        vn[v] = QKV[vo_new + i];
         KC[c + i] = vec4<kv_t>(kn[v]);
         VC[c + i] = vec4<kv_t>(vn[v]);
         kn[v] = kv_round(kn[v]);
         vn[v] = kv_round(vn[v]);
     }
-    for (var g = 0u; g < G; g++) {
-        let qo = row + (kvh * G + g) * HD4;
-        for (var v = 0u; v < GV; v++) {
-            QKV[qo + lane + 8u * v] = q[g * GV + v];
-            q[g * GV + v] *= p.scale;
-        }
-    }
-    var acc: array<vec4<f32>, 32>;
-    var m: array<f32, 8>;
-    var l: array<f32, 8>;
-    for (var g = 0u; g < G; g++) {
-        m[g] = -3.0e38;
-        l[g] = 0.0;
-    }
     // The cached keys, then the new one (as per_head orders them).
     for (var j = 0u; j <= pos; j++) {
-        var k: array<vec4<f32>, 4>;
-        var val: array<vec4<f32>, 4>;
+        var k = kn;
+        var val = vn;
         if (j < pos) {
             let ko = base + j * HD4;
             for (var v = 0u; v < GV; v++) {
                 k[v] = vec4<f32>(KC[ko + lane + 8u * v]);
                 val[v] = vec4<f32>(VC[ko + lane + 8u * v]);
             }
-        } else {
-            k = kn;
-            val = vn;
         }
-        for (var g = 0u; g < G; g++) {
-            var d = vec4<f32>(0.0);
-            for (var v = 0u; v < GV; v++) {
-                d += q[g * GV + v] * k[v];
-            }
-            let s = subgroupAdd(d.x + d.y + d.z + d.w);
-            let m_new = max(m[g], s);
-            let corr = exp(m[g] - m_new);
-            let e = exp(s - m_new);
-            l[g] = l[g] * corr + e;
-            for (var v = 0u; v < GV; v++) {
-                acc[g * GV + v] = acc[g * GV + v] * corr + e * val[v];
-            }
-            m[g] = m_new;
+        head_step(&h0, k, val);
+        if (G > 1u) {
+            head_step(&h1, k, val);
+        }
+        if (G > 2u) {
+            head_step(&h2, k, val);
+        }
+        if (G > 3u) {
+            head_step(&h3, k, val);
+        }
+        if (G > 4u) {
+            head_step(&h4, k, val);
+        }
+        if (G > 5u) {
+            head_step(&h5, k, val);
+        }
+        if (G > 6u) {
+            head_step(&h6, k, val);
+        }
+        if (G > 7u) {
+            head_step(&h7, k, val);
         }
     }
-    for (var g = 0u; g < G; g++) {
-        let oo = (t * p.out_stride) / 4u + (kvh * G + g) * HD4;
-        let inv = 1.0 / l[g];
-        for (var v = 0u; v < GV; v++) {
-            OUT[oo + lane + 8u * v] = acc[g * GV + v] * inv;
-        }
+    head_out(h0, t, kvh, 0u, lane);
+    if (G > 1u) {
+        head_out(h1, t, kvh, 1u, lane);
+    }
+    if (G > 2u) {
+        head_out(h2, t, kvh, 2u, lane);
+    }
+    if (G > 3u) {
+        head_out(h3, t, kvh, 3u, lane);
+    }
+    if (G > 4u) {
+        head_out(h4, t, kvh, 4u, lane);
+    }
+    if (G > 5u) {
+        head_out(h5, t, kvh, 5u, lane);
+    }
+    if (G > 6u) {
+        head_out(h6, t, kvh, 6u, lane);
+    }
+    if (G > 7u) {
+        head_out(h7, t, kvh, 7u, lane);
     }
 }
 
