@@ -33,7 +33,7 @@ pub enum GpuError {
 /// submitting thread still holds a core while the workers wake, so one worker starts late
 /// and its half of every dispatch finishes last; with blocks half as large, whichever worker
 /// is free takes the next block. Measured on 2 cores (`lamina bench`, alternating): decode
-/// +2-6%, prefill +2-3%, training unchanged, on Mesa 25.0 and 22.3.
+/// +2-6% on Mesa 25.0 (and faster on 22.3), prefill within 3% either way, training unchanged.
 ///
 /// It sets a process environment variable, so binaries call it first thing in `main`,
 /// before any other thread exists (and before the first [`Gpu::new`]).
