@@ -41,10 +41,20 @@ fn byte_of(word: u32, i: u32) -> u32 {
     return (word >> (8u * i)) & 0xFFu;
 }
 
-// One weight row: its first vec4 and its number of blocks.
+// The row-panel layout (PANEL rows, src/quant.rs `to_panels`): PANEL consecutive rows are
+// interleaved block by block, so a block's quants for all the panel's rows lie together, then
+// their scale vectors, vector by vector. PANEL is 1 (plain rows) on GPUs, whose lanes read a
+// row's consecutive blocks together; on CPU-class devices a subgroup owns a panel's rows and
+// walks their blocks in step, so it streams one region instead of one per row.
+override PANEL: u32 = 1u;
+
+// One weight row: the vec4 of its block 0's quants and the step to the next block's, and the
+// vec4 of its scale vector 0 and the step to the next.
 struct WRow {
-    base: u32,
-    blocks: u32,
+    q: u32,
+    q_step: u32,
+    s: u32,
+    s_step: u32,
 }
 
 // vec4s per row of k values; the same formula as GgmlType::gpu_row_vec4s.
@@ -55,14 +65,22 @@ fn row_vec4s(k: u32) -> u32 {
 
 // Row n of a matrix whose rows hold k values.
 fn wrow(n: u32, k: u32) -> WRow {
-    return WRow(n * row_vec4s(k), k / (32u * SUBS));
+    let blocks = k / (32u * SUBS);
+    let panel = (n / PANEL) * PANEL * row_vec4s(k);
+    let i = n % PANEL;
+    return WRow(panel + i * QV, PANEL * QV, panel + PANEL * blocks * QV + i, PANEL);
+}
+
+// The vec4 at offset o of block j's quants.
+fn quant_vec(r: WRow, j: u32, o: u32) -> u32 {
+    return r.q + j * r.q_step + o;
 }
 
 // Word w of the row's scale region.
 // (W[a][b] compiles to a scalar load: llvmpipe pays per 32-bit component loaded, so a scale
 // word is loaded alone.)
 fn scale_word(r: WRow, w: u32) -> u32 {
-    return W[r.base + r.blocks * QV + w / 4u][w % 4u];
+    return W[r.s + (w / 4u) * r.s_step][w % 4u];
 }
 
 // Word i % 4 of the quant vector at a. The vector is loaded whole (a let of the load, then an
@@ -107,7 +125,7 @@ fn scale_word_index(j: u32) -> u32 {
 }
 
 fn scale_vec_index(r: WRow, j: u32) -> u32 {
-    return r.base + r.blocks * QV + scale_word_index(j) / 4u;
+    return r.s + (scale_word_index(j) / 4u) * r.s_step;
 }
 
 // Whether a decode matmul loads the scale vector once, at the first chunk it serves, and
@@ -174,16 +192,15 @@ struct NibbleWord {
 }
 
 fn nibble_word(r: WRow, j: u32, sub: u32, i: u32) -> NibbleWord {
-    let q = r.base + j * QV;
     if (SUBS == 1u) {
-        return NibbleWord(qword(q, i), i >= 4u);
+        return NibbleWord(qword(quant_vec(r, j, 0u), i), i >= 4u);
     }
-    return NibbleWord(qword(q + 2u * (sub / 2u) + i / 4u, i), (sub & 1u) == 1u);
+    return NibbleWord(qword(quant_vec(r, j, 2u * (sub / 2u) + i / 4u), i), (sub & 1u) == 1u);
 }
 
 // The integers 4i .. 4i+3 of chunk `sub` of block j of row r, for the factored types.
 fn dq4_raw(r: WRow, j: u32, sub: u32, i: u32) -> vec4<f32> {
-    let q = r.base + j * QV;
+    let q = quant_vec(r, j, 0u); // a block's QV vec4s stay together
     switch WTYPE {
         case 2u, 3u, 12u: { // Q4_0, Q4_1, Q4_K: nibbles
             let n = nibble_word(r, j, sub, i);
@@ -220,7 +237,7 @@ fn dq4(r: WRow, j: u32, sub: u32, i: u32) -> vec4<f32> {
         let dm = dq_scale(r, j, sub);
         return dq4_raw(r, j, sub, i) * dm.x + dm.y;
     }
-    let q = r.base + j * QV;
+    let q = quant_vec(r, j, 0u); // a block's QV vec4s stay together
     switch WTYPE {
         case 0u: { // F32: 8 vec4s per 32 values
             return bitcast<vec4<f32>>(W[q + i]);

@@ -95,8 +95,15 @@ pub struct QMatrix {
     pub ty: GgmlType,
     pub rows: u32,
     pub cols: u32,
+    /// Rows per panel of the layout ([`quant::to_panels`]; 1: plain rows).
+    pub panel: u32,
     pub pieces: Vec<Piece>,
 }
+
+/// Rows per weight panel for the CPU-class kernels: the rows one subgroup of the decode matmul
+/// owns (8 lanes of [`MATMUL_BCAST_RB_DECODE`] rows), so it reads one contiguous region per
+/// block. GPU kernels keep plain rows (panel 1): their lanes read one row's blocks together.
+pub const WEIGHT_PANEL_CPU: u32 = 8 * MATMUL_BCAST_RB_DECODE;
 
 pub struct Piece {
     pub row0: u32,
@@ -134,8 +141,12 @@ impl QMatrix {
                 bytes.len()
             )));
         }
+        let panel = if gpu.cpu_kernels { WEIGHT_PANEL_CPU } else { 1 } as usize;
         let row_gpu_bytes = ty.gpu_row_vec4s(cols as usize) * 16;
-        let max_rows = (gpu.limits.max_storage_buffer_binding_size as usize / row_gpu_bytes).max(1);
+        // Whole panels per piece (a piece's last panel is padded).
+        let max_rows =
+            (gpu.limits.max_storage_buffer_binding_size as usize / row_gpu_bytes) / panel * panel;
+        let max_rows = max_rows.max(panel);
         let mut pieces = Vec::new();
         let mut row0 = 0usize;
         while row0 < rows as usize {
@@ -149,6 +160,7 @@ impl QMatrix {
                     },
                     shape => err(shape.to_string()),
                 })?;
+            let words = quant::to_panels(ty, cols as usize, &words, panel);
             let buf = gpu.storage_init(label, bytemuck::cast_slice(&words))?;
             pieces.push(Piece {
                 row0: row0 as u32,
@@ -161,6 +173,7 @@ impl QMatrix {
             ty,
             rows,
             cols,
+            panel: panel as u32,
             pieces,
         })
     }
@@ -175,6 +188,7 @@ impl QMatrix {
             ("SUBS", (self.ty.gpu_block_elems() / 32) as u64),
             ("QV", self.ty.gpu_quant_vec4s() as u64),
             ("SCALES_X2", self.ty.gpu_scale_words_x2() as u64),
+            ("PANEL", self.panel as u64),
         ]
     }
 }

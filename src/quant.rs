@@ -490,6 +490,47 @@ pub fn to_gpu_layout(ty: GgmlType, bytes: &[u8], cols: usize) -> Result<Vec<u32>
     Ok(out)
 }
 
+/// Interleaves whole rows in the GPU layout ([`to_gpu_layout`]) into panels of `panel` rows,
+/// the layout `wrow` in `shaders/dequant.wgsl` reads with `PANEL` = `panel`: in each panel,
+/// block j's quant vectors of the panel's rows one row after another, for every block, then
+/// the rows' scale vectors the same way, vector by vector. A last panel with fewer rows is
+/// padded with zero rows (never read). Panels of 1 are the plain rows.
+///
+/// Why: a CPU-class decode matmul has each subgroup own a panel's rows and walk their blocks
+/// in step, so with panels it streams one contiguous region instead of one per row (cores
+/// prefetch a few streams well, not 32).
+pub fn to_panels(ty: GgmlType, cols: usize, rows_layout: &[u32], panel: usize) -> Vec<u32> {
+    let row_vec4s = ty.gpu_row_vec4s(cols);
+    if panel <= 1 || row_vec4s == 0 {
+        return rows_layout.to_vec();
+    }
+    let vec = |v: usize| &rows_layout[v * 4..v * 4 + 4];
+    let rows = rows_layout.len() / (row_vec4s * 4);
+    let quant_vec4s = ty.gpu_quant_vec4s();
+    let blocks = cols / ty.gpu_block_elems();
+    let scale_vec4s = row_vec4s - blocks * quant_vec4s;
+    let mut out = Vec::with_capacity(rows.div_ceil(panel) * panel * row_vec4s * 4);
+    for first in (0..rows).step_by(panel) {
+        let mut put = |row: usize, v: usize| match row < rows {
+            true => out.extend_from_slice(vec(row * row_vec4s + v)),
+            false => out.extend([0; 4]),
+        };
+        for j in 0..blocks {
+            for row in first..first + panel {
+                for o in 0..quant_vec4s {
+                    put(row, j * quant_vec4s + o);
+                }
+            }
+        }
+        for v in 0..scale_vec4s {
+            for row in first..first + panel {
+                put(row, blocks * quant_vec4s + v);
+            }
+        }
+    }
+    out
+}
+
 /// Quantizes f32 values to a block type; for tests and for building small models.
 /// Simple round-to-nearest: the tests only need valid blocks, not the best ones.
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
@@ -845,6 +886,40 @@ mod tests {
                     (g - w).abs() <= 1e-6 * scale,
                     "{name} value {i}: {g} vs {w}"
                 );
+            }
+        }
+    }
+
+    /// Every row's blocks and scale vectors are where `wrow` (dequant.wgsl) looks for them.
+    #[test]
+    fn panels_put_each_vector_where_the_shader_reads_it() {
+        for ty in SUPPORTED_TYPES {
+            let cols = 256;
+            for rows in [1, 5, 32, 37] {
+                let q = quantize(ty, &rand_vals(rows * cols, rows as u64));
+                let plain = to_gpu_layout(ty, &q, cols).unwrap();
+                for panel in [1, 4, 32] {
+                    let p = to_panels(ty, cols, &plain, panel);
+                    let rv = ty.gpu_row_vec4s(cols);
+                    assert_eq!(p.len(), rows.div_ceil(panel) * panel * rv * 4, "{ty:?}");
+                    let (qv, blocks) = (ty.gpu_quant_vec4s(), cols / ty.gpu_block_elems());
+                    for n in 0..rows {
+                        // wrow(n, cols), as the shader computes it.
+                        let base = n / panel * panel * rv;
+                        let (q0, q_step) = (base + n % panel * qv, panel * qv);
+                        let (s0, s_step) = (base + panel * blocks * qv + n % panel, panel);
+                        let got = |v: usize| &p[v * 4..v * 4 + 4];
+                        let want = |v: usize| &plain[(n * rv + v) * 4..(n * rv + v) * 4 + 4];
+                        for j in 0..blocks {
+                            for o in 0..qv {
+                                assert_eq!(got(q0 + j * q_step + o), want(j * qv + o), "{ty:?}");
+                            }
+                        }
+                        for v in 0..rv - blocks * qv {
+                            assert_eq!(got(s0 + v * s_step), want(blocks * qv + v), "{ty:?}");
+                        }
+                    }
+                }
             }
         }
     }
