@@ -1,9 +1,10 @@
 // Dequantization of one 32-element chunk of a weight row, shared by every kernel that reads
 // quantized weights. The including kernel declares `W: array<vec4<u32>>` in the GPU layout of
-// src/quant.rs (`to_gpu_layout`): each row holds the quants of all its blocks as whole 16-byte
-// vectors, then the blocks' scale words, padded to a vector. Quants are read with wide loads:
-// on CPU-class devices a non-uniform load costs per component and lane, so one vec4 costs about
-// what one u32 does, and on GPUs 16-byte loads coalesce. WTYPE (the ggml type id) and the
+// src/quant.rs (`to_gpu_layout`, then `to_panels`): each row holds the quants of all its
+// blocks as whole 16-byte vectors, then the blocks' scale words, padded to a vector; panels of
+// PANEL rows interleave them block by block (`wrow`). Quants are read with wide loads: on
+// GPUs 16-byte loads coalesce; on CPU-class devices (llvmpipe) a load costs per lane and 32-bit
+// word whatever its width, so there the words loaded are what counts. WTYPE (the ggml type id) and the
 // shape constants are overrides, so the pipeline compiler folds the switch: one kernel per type.
 
 override WTYPE: u32;
