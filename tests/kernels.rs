@@ -521,3 +521,80 @@ fn attention_over_a_long_cache_matches_reference() {
     let e = max_rel_err(&got, &want);
     assert!(e < 1e-4, "fused: rel err {e}");
 }
+
+/// A matrix larger than one storage binding is split by rows into pieces of whole panels (the
+/// CPU-class layout; plain rows on GPU-class kernels): the matmul, its transpose and the
+/// embedding read every piece, the last one ending in a partial panel.
+#[test]
+fn matrices_split_over_several_bindings_match_reference() {
+    let mut r = rng();
+    for cpu_kernels in [true, false] {
+        let mut gpu = Gpu::new(GpuOptions {
+            allow_f16: true,
+            allow_subgroups: true,
+            allow_cpu_kernels: cpu_kernels,
+        })
+        .unwrap();
+        let (n, k, t) = (101usize, 256usize, 5usize);
+        for ty in [
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
+            // About 40 rows to a binding: pieces of 32 rows (whole panels) on the CPU class.
+            Arc::get_mut(&mut gpu)
+                .unwrap()
+                .limits
+                .max_storage_buffer_binding_size = (40 * ty.gpu_row_vec4s(k) * 16) as u64;
+            let w = randn(&mut r, n * k, 1.0);
+            let bytes = quant::quantize(ty, &w);
+            let wq = quant::dequantize(ty, &bytes).unwrap();
+            let m = QMatrix::upload(&gpu, "w", ty, n as u32, k as u32, &bytes).unwrap();
+            assert!(m.pieces.len() >= 3, "{ty:?}: {} pieces", m.pieces.len());
+            if gpu.cpu_kernels {
+                assert!(m.pieces.iter().all(|p| p.row0 % m.panel == 0), "{ty:?}");
+            }
+            for t in [1, t] {
+                let x = randn(&mut r, t * k, 1.0);
+                let xb = upload_f32(&gpu, &x);
+                let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
+                let shape = MatmulShape::rows(t as u32, k as u32, n as u32);
+                kernels::run(
+                    &gpu,
+                    &kernels::matmul(&gpu, &m, None, &xb, &yb, shape).unwrap(),
+                )
+                .unwrap();
+                let got = gpu.read_f32(&yb, 0, (t * n) as u64).unwrap();
+                let want = reference::matmul(&wq, &x, n, k);
+                let e = max_rel_err(&got, &want);
+                assert!(e < 2e-3, "{ty:?} t {t} cpu {cpu_kernels}: matmul {e}");
+            }
+            let dy = randn(&mut r, t * n, 1.0);
+            let dyb = upload_f32(&gpu, &dy);
+            let dxb = gpu.storage("dx", (t * k * 4) as u64).unwrap();
+            let d = kernels::matmul_t(&gpu, &m, &dyb, &dxb, t as u32, n as u32, 0, k as u32, false)
+                .unwrap();
+            kernels::run(&gpu, &d).unwrap();
+            let got = gpu.read_f32(&dxb, 0, (t * k) as u64).unwrap();
+            let want: Vec<f32> = (0..t * k)
+                .map(|i| (0..n).map(|j| dy[i / k * n + j] * wq[j * k + i % k]).sum())
+                .collect();
+            let e = max_rel_err(&got, &want);
+            assert!(e < 2e-3, "{ty:?} cpu {cpu_kernels}: transposed {e}");
+            let toks: Vec<u32> = vec![0, 31, 32, 63, 64, 100, 99, 5];
+            let tb = gpu
+                .storage_init("tok", bytemuck::cast_slice(&toks))
+                .unwrap();
+            let yb = gpu.storage("y", (toks.len() * k * 4) as u64).unwrap();
+            let dsp = kernels::embed(&gpu, &m, &tb, &yb, toks.len() as u32).unwrap();
+            kernels::run(&gpu, &dsp).unwrap();
+            let got = gpu.read_f32(&yb, 0, (toks.len() * k) as u64).unwrap();
+            let want: Vec<f32> = toks
+                .iter()
+                .flat_map(|&tk| wq[tk as usize * k..][..k].to_vec())
+                .collect();
+            assert_eq!(got, want, "{ty:?} cpu {cpu_kernels}: embed");
+        }
+    }
+}
