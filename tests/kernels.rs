@@ -239,6 +239,25 @@ fn matmul_with_a_folded_rmsnorm_matches_rmsnorm_then_matmul() {
     }
 }
 
+/// The rows `toks` of `m` as the embedding kernel gathers them.
+fn embed_rows(gpu: &Gpu, m: &QMatrix, toks: &[u32]) -> Vec<f32> {
+    let tb = gpu.storage_init("tok", bytemuck::cast_slice(toks)).unwrap();
+    let yb = gpu
+        .storage("y", toks.len() as u64 * m.cols as u64 * 4)
+        .unwrap();
+    let dsp = kernels::embed(gpu, m, &tb, &yb, toks.len() as u32).unwrap();
+    kernels::run(gpu, &dsp).unwrap();
+    gpu.read_f32(&yb, 0, toks.len() as u64 * m.cols as u64)
+        .unwrap()
+}
+
+/// The rows `toks` of a row-major matrix with `cols` columns.
+fn rows_of(w: &[f32], cols: usize, toks: &[u32]) -> Vec<f32> {
+    toks.iter()
+        .flat_map(|&t| w[t as usize * cols..][..cols].to_vec())
+        .collect()
+}
+
 #[test]
 fn rmsnorm_and_embed_match_reference() {
     let mut r = rng();
@@ -261,18 +280,11 @@ fn rmsnorm_and_embed_match_reference() {
             let wq = quant::dequantize(ty, &bytes).unwrap();
             let m = QMatrix::upload(&gpu, "emb", ty, rows as u32, cols as u32, &bytes).unwrap();
             let toks: Vec<u32> = (0..9).map(|_| r.random_range(0..rows as u32)).collect();
-            let tb = gpu
-                .storage_init("tok", bytemuck::cast_slice(&toks))
-                .unwrap();
-            let yb = gpu.storage("y", (toks.len() * cols * 4) as u64).unwrap();
-            let dsp = kernels::embed(&gpu, &m, &tb, &yb, toks.len() as u32).unwrap();
-            kernels::run(&gpu, &dsp).unwrap();
-            let got = gpu.read_f32(&yb, 0, (toks.len() * cols) as u64).unwrap();
-            let want: Vec<f32> = toks
-                .iter()
-                .flat_map(|&tk| wq[tk as usize * cols..][..cols].to_vec())
-                .collect();
-            assert_eq!(got, want, "{ty:?}");
+            assert_eq!(
+                embed_rows(&gpu, &m, &toks),
+                rows_of(&wq, cols, &toks),
+                "{ty:?}"
+            );
         }
     }
 }
@@ -582,18 +594,8 @@ fn matrices_split_over_several_bindings_match_reference() {
                 .collect();
             let e = max_rel_err(&got, &want);
             assert!(e < 2e-3, "{ty:?} cpu {cpu_kernels}: transposed {e}");
-            let toks: Vec<u32> = vec![0, 31, 32, 63, 64, 100, 99, 5];
-            let tb = gpu
-                .storage_init("tok", bytemuck::cast_slice(&toks))
-                .unwrap();
-            let yb = gpu.storage("y", (toks.len() * k * 4) as u64).unwrap();
-            let dsp = kernels::embed(&gpu, &m, &tb, &yb, toks.len() as u32).unwrap();
-            kernels::run(&gpu, &dsp).unwrap();
-            let got = gpu.read_f32(&yb, 0, (toks.len() * k) as u64).unwrap();
-            let want: Vec<f32> = toks
-                .iter()
-                .flat_map(|&tk| wq[tk as usize * k..][..k].to_vec())
-                .collect();
+            let toks = [0, 31, 32, 63, 64, 100, 99, 5];
+            let (got, want) = (embed_rows(&gpu, &m, &toks), rows_of(&wq, k, &toks));
             assert_eq!(got, want, "{ty:?} cpu {cpu_kernels}: embed");
         }
     }
