@@ -4,8 +4,9 @@
 // blocks as whole 16-byte vectors, then the blocks' scale words, padded to a vector; panels of
 // PANEL rows interleave them block by block (`wrow`). Quants are read with wide loads: on
 // GPUs 16-byte loads coalesce; on CPU-class devices (llvmpipe) a load costs per lane and 32-bit
-// word whatever its width, so there the words loaded are what counts. WTYPE (the ggml type id) and the
-// shape constants are overrides, so the pipeline compiler folds the switch: one kernel per type.
+// word whatever its width, so there the words loaded are what counts. WTYPE (the ggml type id)
+// and the shape constants are overrides, so the pipeline compiler folds the switch: one kernel
+// per type.
 
 override WTYPE: u32;
 override SUBS: u32;       // 32-element chunks per block (1, or 8 for k-quants)

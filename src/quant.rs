@@ -511,9 +511,12 @@ pub fn to_panels(ty: GgmlType, cols: usize, rows_layout: &[u32], panel: usize) -
     let scale_vec4s = row_vec4s - blocks * quant_vec4s;
     let mut out = Vec::with_capacity(rows.div_ceil(panel) * panel * row_vec4s * 4);
     for first in (0..rows).step_by(panel) {
-        let mut put = |row: usize, v: usize| match row < rows {
-            true => out.extend_from_slice(vec(row * row_vec4s + v)),
-            false => out.extend([0; 4]),
+        let mut put = |row: usize, v: usize| {
+            if row < rows {
+                out.extend_from_slice(vec(row * row_vec4s + v));
+            } else {
+                out.extend([0; 4]);
+            }
         };
         for j in 0..blocks {
             for row in first..first + panel {
