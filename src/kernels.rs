@@ -160,7 +160,7 @@ impl QMatrix {
                     },
                     shape => err(shape.to_string()),
                 })?;
-            let words = quant::to_panels(ty, cols as usize, &words, panel);
+            let words = quant::to_panels(ty, cols as usize, words, panel);
             let buf = gpu.storage_init(label, bytemuck::cast_slice(&words))?;
             pieces.push(Piece {
                 row0: row0 as u32,

@@ -494,15 +494,15 @@ pub fn to_gpu_layout(ty: GgmlType, bytes: &[u8], cols: usize) -> Result<Vec<u32>
 /// the layout `wrow` in `shaders/dequant.wgsl` reads with `PANEL` = `panel`: in each panel,
 /// block j's quant vectors of the panel's rows one row after another, for every block, then
 /// the rows' scale vectors the same way, vector by vector. A last panel with fewer rows is
-/// padded with zero rows (never read). Panels of 1 are the plain rows.
+/// padded with zero rows (never read). Panels of 1 are the plain rows, returned as they came.
 ///
 /// Why: a CPU-class decode matmul has each subgroup own a panel's rows and walk their blocks
 /// in step, so with panels it streams one contiguous region instead of one per row (cores
 /// prefetch a few streams well, not 32).
-pub fn to_panels(ty: GgmlType, cols: usize, rows_layout: &[u32], panel: usize) -> Vec<u32> {
+pub fn to_panels(ty: GgmlType, cols: usize, rows_layout: Vec<u32>, panel: usize) -> Vec<u32> {
     let row_vec4s = ty.gpu_row_vec4s(cols);
     if panel <= 1 || row_vec4s == 0 {
-        return rows_layout.to_vec();
+        return rows_layout;
     }
     let vec = |v: usize| &rows_layout[v * 4..v * 4 + 4];
     let rows = rows_layout.len() / (row_vec4s * 4);
@@ -902,7 +902,7 @@ mod tests {
                 let q = quantize(ty, &rand_vals(rows * cols, rows as u64));
                 let plain = to_gpu_layout(ty, &q, cols).unwrap();
                 for panel in [1, 4, 32] {
-                    let p = to_panels(ty, cols, &plain, panel);
+                    let p = to_panels(ty, cols, plain.clone(), panel);
                     let rv = ty.gpu_row_vec4s(cols);
                     assert_eq!(p.len(), rows.div_ceil(panel) * panel * rv * 4, "{ty:?}");
                     let (qv, blocks) = (ty.gpu_quant_vec4s(), cols / ty.gpu_block_elems());
